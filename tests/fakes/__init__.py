@@ -1,0 +1,1 @@
+"""Local look-alikes of dl.k8s.io and the Sigstore services, for tests and offline trials."""
