@@ -1,0 +1,117 @@
+"""The one exception tree of k8s-mirror, and the exit code of each branch.
+
+Everything the tool can fail with is a ``MirrorError``; only ``cli.py`` catches it and turns it
+into a one-line message and the exit code below. Third-party exceptions (aiohttp, sigstore,
+OSError from the disk) are translated where they enter: ``upstream.py``, ``verify.py``,
+``store.py``.
+
+    MirrorError                      1  (unexpected; never raised directly)
+    ├── ConfigError                  2  mirror.toml or a flag is wrong
+    ├── LockHeldError                3  another run holds the tree's lock
+    ├── UpstreamError                4  dl.k8s.io or Rekor unreachable / HTTP error after retries
+    │   └── HTTPStatusError             a non-retryable or exhausted HTTP status
+    ├── IntegrityError               5  a file, SUMS line, sidecar or signature did not verify
+    │   ├── UnsafePathError             a path from the network that would leave the tree
+    │   ├── SumsFormatError             a malformed SHA256SUMS/SHA512SUMS line
+    │   ├── DigestMismatchError         content disagrees with SUMS or a sidecar
+    │   ├── SignatureError              the Sigstore signature did not verify
+    │   └── TreeVerifyError             ``k8s-mirror verify`` found problems in the tree
+    ├── PartialSyncError             6  some releases completed, some files failed upstream
+    ├── LocalStoreError              7  the local tree cannot be written (disk full, permissions)
+    └── PruneGuardError              8  pruning would delete more than the configured guard allows
+
+Interrupted runs (Ctrl-C, SIGTERM) exit 130 and are recorded as failed.
+"""
+
+from __future__ import annotations
+
+
+class MirrorError(Exception):
+    """Base of every error k8s-mirror reports; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class ConfigError(MirrorError):
+    """The configuration file or a command-line flag is invalid."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str] | str, *, source: str = "config") -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(self.problems))
+
+
+class LockHeldError(MirrorError):
+    """Another k8s-mirror run holds the tree's lock."""
+
+    exit_code = 3
+
+
+class UpstreamError(MirrorError):
+    """A network failure talking to dl.k8s.io or Rekor, after retries."""
+
+    exit_code = 4
+
+
+class HTTPStatusError(UpstreamError):
+    """The server answered with an error status we do not (or no longer) retry."""
+
+    def __init__(self, url: str, status: int, message: str | None = None) -> None:
+        self.url = url
+        self.status = status
+        super().__init__(message or f"{url}: HTTP {status}")
+
+
+class IntegrityError(MirrorError):
+    """Something downloaded did not verify; it was not promoted."""
+
+    exit_code = 5
+
+
+class UnsafePathError(IntegrityError):
+    """A path from the network (SUMS line, marker) that is absolute, escapes, or is malformed."""
+
+
+class SumsFormatError(IntegrityError):
+    """A SHA256SUMS/SHA512SUMS file that is not in the exact upstream format."""
+
+
+class DigestMismatchError(IntegrityError):
+    """Content, SUMS entry and sidecar disagree."""
+
+
+class SignatureError(IntegrityError):
+    """The Sigstore signature of a file did not verify under the configured policy."""
+
+
+class TreeVerifyError(IntegrityError):
+    """``k8s-mirror verify`` found at least one problem in the tree."""
+
+
+class PartialSyncError(MirrorError):
+    """The run finished, but some selected files could not be fetched."""
+
+    exit_code = 6
+
+
+class LocalStoreError(MirrorError):
+    """The local tree or its state directory cannot be written or read."""
+
+    exit_code = 7
+
+
+class PruneGuardError(MirrorError):
+    """Pruning was refused because it would delete more than the configured guard allows."""
+
+    exit_code = 8
+
+
+EXIT_INTERRUPTED = 130

@@ -1,0 +1,345 @@
+"""Getting bytes from upstream into the staging area: concurrency, retries, resume, hashing.
+
+A download streams into a partial file in the state directory while sha256 and sha512 are
+computed in the same pass. Hashing and writing run in a worker thread with one job in flight
+per file, so the event loop keeps receiving the next chunk while the previous one is hashed
+and written (hashlib releases the GIL on large buffers, which puts the second core to work).
+
+Retry policy: connection errors, timeouts, truncated bodies and 408/429/5xx are retried with
+capped exponential backoff and full jitter, honouring ``Retry-After``; other 4xx are final. A
+partial file is resumed with ``Range`` + ``If-Range`` (a 200 answer restarts from zero; a
+``Content-Range`` that does not start where we asked is treated as a restart). A digest
+mismatch discards the partial and is retried once from zero, then fails. The concurrency slot
+is held across retries, so a struggling server gets no more connections than configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import re
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from mirror.config import UpstreamConfig
+from mirror.errors import DigestMismatchError, HTTPStatusError, IntegrityError, LocalStoreError
+from mirror.upstream import TransientError, Upstream, raise_for_status, sleep_s
+
+CHUNK_BYTES = 1 << 20
+SMALL_BODY_MAX_BYTES = 4 << 20
+"""Markers, SUMS files, sidecars, certificates, Rekor answers: never legitimately this big."""
+
+_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+ProgressFn = Callable[[int], None]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how long to wait before another attempt (pure, so it is tested without I/O)."""
+
+    retries: int
+    base_s: float
+    max_s: float
+
+    def delay_s(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
+        """Delay before retry number ``attempt`` (1-based): full jitter, capped, or the server's."""
+        if retry_after_s is not None:
+            return retry_after_s
+        ceiling = min(self.max_s, self.base_s * (2 ** (attempt - 1)))
+        return rng.uniform(0, ceiling)
+
+    @classmethod
+    def from_config(cls, config: UpstreamConfig) -> RetryPolicy:
+        return cls(config.retries, config.backoff_base_s, config.backoff_max_s)
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A complete body in its partial file, with what was measured while streaming it."""
+
+    path: Path
+    size_bytes: int
+    sha256: str
+    sha512: str
+    resumed_from_bytes: int
+    attempts: int
+
+
+class _HashingWriter:
+    """Writes and hashes one file; every method runs in a worker thread, never on the loop."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self.path = path
+        self.sha256 = hashlib.sha256()
+        self.sha512 = hashlib.sha512()
+        self.size = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file: BinaryIO
+        if offset:
+            # Resuming: the prefix we already have must enter the digests too.
+            self.file = open(path, "r+b")  # noqa: SIM115 - closed in finish()/close()
+            while self.size < offset:
+                block = self.file.read(min(CHUNK_BYTES, offset - self.size))
+                if not block:
+                    break
+                self.write_hash_only(block)
+            self.file.seek(self.size)
+            self.file.truncate()
+        else:
+            self.file = open(path, "wb")  # noqa: SIM115
+
+    def write_hash_only(self, chunk: bytes) -> None:
+        self.sha256.update(chunk)
+        self.sha512.update(chunk)
+        self.size += len(chunk)
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.file.write(chunk)
+        except OSError as exc:
+            raise LocalStoreError(f"{self.path}: cannot write: {exc.strerror}") from exc
+        self.write_hash_only(chunk)
+
+    def finish(self) -> tuple[int, str, str]:
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+        except OSError as exc:
+            raise LocalStoreError(f"{self.path}: cannot write: {exc.strerror}") from exc
+        return self.size, self.sha256.hexdigest(), self.sha512.hexdigest()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _meta_path(part: Path) -> Path:
+    return part.with_name(part.name + ".meta")
+
+
+def _read_meta(part: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads(_meta_path(part).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def discard_partial(part: Path) -> None:
+    """Forget a partial download and its resume metadata."""
+    for path in (part, _meta_path(part)):
+        path.unlink(missing_ok=True)
+
+
+def _resume_offset(part: Path, url: str) -> tuple[int, str | None]:
+    """Bytes already on disk for ``url`` and the validator to send in If-Range."""
+    meta = _read_meta(part)
+    try:
+        size = part.stat().st_size
+    except FileNotFoundError:
+        return 0, None
+    validator = meta.get("etag") or meta.get("last_modified") if meta else None
+    if not meta or meta.get("url") != url or not isinstance(validator, str) or size == 0:
+        discard_partial(part)
+        return 0, None
+    return size, validator
+
+
+class Fetcher:
+    """Retrying, concurrency-bounded access to upstream for one run."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        config: UpstreamConfig,
+        *,
+        executor: ThreadPoolExecutor,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.config = config
+        self.policy = RetryPolicy.from_config(config)
+        self.slots = asyncio.Semaphore(config.concurrency)
+        self.executor = executor
+        self.rng = rng or random.Random()
+        self.retries_done = 0
+
+    async def _backoff(self, attempt: int, exc: TransientError) -> None:
+        if attempt > self.policy.retries:
+            raise exc
+        self.retries_done += 1
+        await sleep_s(self.policy.delay_s(attempt, exc.retry_after_s, self.rng))
+
+    async def _retrying(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
+        """Run one request until it succeeds or the retry budget is spent, holding a slot."""
+        async with self.slots:
+            attempt = 0
+            while True:
+                try:
+                    return await attempt_once()
+                except TransientError as exc:
+                    attempt += 1
+                    await self._backoff(attempt, exc)
+
+    async def bytes(
+        self,
+        url: str,
+        *,
+        max_bytes: int = SMALL_BODY_MAX_BYTES,
+        method: str = "GET",
+        json_body: object = None,
+    ) -> bytes:
+        """A small body, retried per policy."""
+        return await self._retrying(
+            lambda: self.upstream.get_bytes(
+                url, max_bytes=max_bytes, method=method, json_body=json_body
+            )
+        )
+
+    async def content_length(self, url: str) -> int | None:
+        """The size upstream announces for ``url`` (HEAD), retried per policy."""
+        return await self._retrying(lambda: self.upstream.content_length(url))
+
+    async def text(self, url: str, *, max_bytes: int = SMALL_BODY_MAX_BYTES) -> str:
+        body = await self.bytes(url, max_bytes=max_bytes)
+        try:
+            return body.decode("ascii")
+        except UnicodeDecodeError:
+            raise IntegrityError(f"{url}: expected ASCII text") from None
+
+    async def download(
+        self,
+        url: str,
+        part: Path,
+        *,
+        sha256: str,
+        sha512: str,
+        on_bytes: ProgressFn | None = None,
+    ) -> Downloaded:
+        """Stream ``url`` into ``part`` until its digests match the expected ones.
+
+        The partial file survives transient failures (for resume, in this run or the next) and
+        is removed on a final failure other than a transient one.
+        """
+        async with self.slots:
+            attempt = 0
+            restarted_after_mismatch = False
+            while True:
+                try:
+                    result = await self._attempt(url, part, on_bytes)
+                except TransientError as exc:
+                    attempt += 1
+                    await self._backoff(attempt, exc)
+                    continue
+                except (HTTPStatusError, IntegrityError):
+                    # Final answers (4xx, oversize) leave nothing behind; an interruption keeps
+                    # the partial so that this or the next run resumes it.
+                    discard_partial(part)
+                    raise
+                if result.sha256 == sha256 and result.sha512 == sha512:
+                    return Downloaded(
+                        part,
+                        result.size_bytes,
+                        result.sha256,
+                        result.sha512,
+                        result.resumed_from_bytes,
+                        attempt + 1,
+                    )
+                discard_partial(part)
+                if restarted_after_mismatch:
+                    which = "sha256" if result.sha256 != sha256 else "sha512"
+                    raise DigestMismatchError(
+                        f"{url}: {which} of the downloaded body does not match SHA256SUMS/"
+                        f"SHA512SUMS (got {getattr(result, which)[:16]}..., twice)"
+                    )
+                restarted_after_mismatch = True
+                attempt += 1
+
+    async def _attempt(self, url: str, part: Path, on_bytes: ProgressFn | None) -> Downloaded:
+        loop = asyncio.get_running_loop()
+        offset, validator = await loop.run_in_executor(self.executor, _resume_offset, part, url)
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            headers["If-Range"] = validator or ""
+        async with self.upstream.stream(url, headers) as response:
+            if offset and response.status == 416:
+                await loop.run_in_executor(self.executor, discard_partial, part)
+                raise TransientError(f"{url}: server refused to resume at byte {offset}")
+            raise_for_status(url, response)
+            if response.status == 206:
+                start, total = _parse_content_range(response.headers.get("Content-Range"))
+                if start != offset:
+                    await loop.run_in_executor(self.executor, discard_partial, part)
+                    raise TransientError(
+                        f"{url}: asked to resume at byte {offset}, server sent from {start}"
+                    )
+            else:
+                # 200: the server ignored or refused the range (If-Range mismatch): restart.
+                offset = 0
+                length = response.content_length
+                total = length if length is not None else -1
+            if total > self.config.max_file_size_bytes:
+                raise IntegrityError(
+                    f"{url}: {total} bytes, more than upstream.max_file_size_bytes"
+                )
+            meta = {
+                "url": url,
+                "etag": response.headers.get("ETag"),
+                "last_modified": response.headers.get("Last-Modified"),
+            }
+            writer = await loop.run_in_executor(self.executor, _open_writer, part, offset, meta)
+            try:
+                await self._pump(url, response, writer, on_bytes)
+                size, sha256, sha512 = await loop.run_in_executor(self.executor, writer.finish)
+            except BaseException:
+                writer.close()  # keeps what was written, for resume
+                raise
+        if total >= 0 and size != total:
+            raise TransientError(f"{url}: got {size} of {total} bytes")
+        return Downloaded(part, size, sha256, sha512, offset, 1)
+
+    async def _pump(
+        self, url: str, response: Any, writer: _HashingWriter, on_bytes: ProgressFn | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[None] | None = None
+        received = writer.size
+        try:
+            async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                received += len(chunk)
+                if received > self.config.max_file_size_bytes:
+                    raise IntegrityError(f"{url}: body exceeds upstream.max_file_size_bytes")
+                if pending is not None:
+                    await pending
+                pending = loop.run_in_executor(self.executor, writer.write, chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+        finally:
+            if pending is not None:
+                await asyncio.shield(pending)
+
+
+def _open_writer(part: Path, offset: int, meta: dict[str, Any]) -> _HashingWriter:
+    try:
+        writer = _HashingWriter(part, offset)
+        _meta_path(part).write_text(json.dumps(meta))
+    except OSError as exc:
+        raise LocalStoreError(f"{part}: cannot write: {exc.strerror}") from exc
+    return writer
+
+
+def _parse_content_range(value: str | None) -> tuple[int, int]:
+    match = _CONTENT_RANGE_RE.match(value or "")
+    if match is None:
+        raise TransientError(f"206 answer with malformed Content-Range {value!r}")
+    total = -1 if match[3] == "*" else int(match[3])
+    return int(match[1]), total

@@ -1,0 +1,143 @@
+"""What a run did, written where monitoring can read it.
+
+Each run writes ``.k8s-mirror/reports/<start>.json`` (start/end, versions, files and bytes
+fetched/reused/failed, every failure with its reason, exit code), rewrites
+``.k8s-mirror/status.json`` (last run, last success), and can write a Prometheus
+textfile-collector file. All three are written atomically, on success and on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mirror.store import Store, write_atomic
+
+REPORT_FORMAT = 1
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@dataclass
+class Failure:
+    path: str
+    kind: str
+    """``integrity``, ``upstream``, ``local`` or ``config``."""
+    reason: str
+
+
+@dataclass
+class RunReport:
+    command: str = "sync"
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    dry_run: bool = False
+    outcome: str = "running"
+    """``success``, ``partial``, ``failed`` or ``interrupted``."""
+    exit_code: int | None = None
+    error: str | None = None
+    versions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    markers: dict[str, str] = field(default_factory=dict)
+    files_fetched: int = 0
+    files_reused: int = 0
+    files_present: int = 0
+    files_failed: int = 0
+    bytes_fetched: int = 0
+    bytes_reused: int = 0
+    retries: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        return (self.finished_at or time.time()) - self.started_at
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["format"] = REPORT_FORMAT
+        data["started_at"] = _iso(self.started_at)
+        data["finished_at"] = _iso(self.finished_at)
+        data["duration_s"] = round(self.duration_s, 3)
+        return data
+
+
+def write_run_files(store: Store, report: RunReport, metrics_file: Path | None) -> Path:
+    """Write the run report, update status.json and the metrics file; return the report path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(report.started_at))
+    path = store.reports / f"{stamp}-{report.command}.json"
+    data = report.to_json()
+    write_atomic(path, json.dumps(data, indent=1).encode(), tmp_dir=store.tmp)
+
+    status = read_status(store)
+    status["last_run"] = {
+        "report": path.name,
+        "started_at": data["started_at"],
+        "finished_at": data["finished_at"],
+        "outcome": report.outcome,
+        "exit_code": report.exit_code,
+    }
+    if report.outcome == "success":
+        status["last_success"] = status["last_run"]
+        status["last_success_ts"] = report.finished_at
+    status["format"] = REPORT_FORMAT
+    write_atomic(
+        store.state / "status.json", json.dumps(status, indent=1).encode(), tmp_dir=store.tmp
+    )
+
+    if metrics_file is not None:
+        write_atomic(metrics_file, render_metrics(report, status).encode())
+    return path
+
+
+def read_status(store: Store) -> dict[str, Any]:
+    try:
+        data = json.loads((store.state / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def prune_reports(store: Store, keep: int) -> None:
+    reports = sorted(store.reports.glob("*.json"))
+    for old in reports[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def render_metrics(report: RunReport, status: dict[str, Any]) -> str:
+    """Prometheus text exposition format for node_exporter's textfile collector."""
+    last_success = status.get("last_success_ts") or 0
+    lines = [
+        "# HELP k8s_mirror_last_success_timestamp_seconds End of the last fully successful run.",
+        "# TYPE k8s_mirror_last_success_timestamp_seconds gauge",
+        f"k8s_mirror_last_success_timestamp_seconds {float(last_success):.3f}",
+        "# HELP k8s_mirror_last_run_timestamp_seconds End of the last run.",
+        "# TYPE k8s_mirror_last_run_timestamp_seconds gauge",
+        f"k8s_mirror_last_run_timestamp_seconds {float(report.finished_at or 0):.3f}",
+        "# HELP k8s_mirror_last_run_exit_code Exit code of the last run.",
+        "# TYPE k8s_mirror_last_run_exit_code gauge",
+        f"k8s_mirror_last_run_exit_code {report.exit_code or 0}",
+        "# HELP k8s_mirror_last_run_duration_seconds Duration of the last run.",
+        "# TYPE k8s_mirror_last_run_duration_seconds gauge",
+        f"k8s_mirror_last_run_duration_seconds {report.duration_s:.3f}",
+        "# HELP k8s_mirror_last_run_bytes Bytes in the last run, by how they were obtained.",
+        "# TYPE k8s_mirror_last_run_bytes gauge",
+        f'k8s_mirror_last_run_bytes{{state="fetched"}} {report.bytes_fetched}',
+        f'k8s_mirror_last_run_bytes{{state="reused"}} {report.bytes_reused}',
+        "# HELP k8s_mirror_last_run_files Files in the last run, by state.",
+        "# TYPE k8s_mirror_last_run_files gauge",
+        f'k8s_mirror_last_run_files{{state="fetched"}} {report.files_fetched}',
+        f'k8s_mirror_last_run_files{{state="reused"}} {report.files_reused}',
+        f'k8s_mirror_last_run_files{{state="present"}} {report.files_present}',
+        f'k8s_mirror_last_run_files{{state="failed"}} {report.files_failed}',
+        "# HELP k8s_mirror_last_run_failures Files that failed in the last run.",
+        "# TYPE k8s_mirror_last_run_failures gauge",
+        f"k8s_mirror_last_run_failures {len(report.failures)}",
+    ]
+    return "\n".join(lines) + "\n"

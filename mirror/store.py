@@ -1,0 +1,348 @@
+"""The local tree on disk: lock, staging, atomic promotion, manifests, markers.
+
+Invariants kept here (DESIGN.md §3):
+
+- A file reaches a served path only by ``rename`` from ``<root>/.k8s-mirror/staging`` (same
+  filesystem), with the data fsynced before and the directory fsynced after.
+- A release new to the tree is assembled in ``staging/<version>`` and appears with one directory
+  rename. Files added to a release already in the tree are renamed in one by one, sidecars and
+  bundle before the primary file, so a client that sees a file also sees what verifies it.
+- The per-release manifest (``manifests/<version>.json``) is written *before* the files it
+  describes become visible, so it is always a superset of what is verified in the tree; "already
+  present" means "in the manifest and on disk with the recorded size".
+- Staged, verified files are journaled (``staging/<version>.journal``) so an interrupted run's
+  work is reused by the next one.
+- Markers are plain files written by atomic rename.
+- One writer: ``lock`` is an exclusive ``flock`` on ``.k8s-mirror/lock``; the kernel drops it when
+  the process dies, so a killed run never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mirror.catalog import RelPath, marker_path
+from mirror.errors import LocalStoreError, LockHeldError
+from mirror.layout import RELEASE_DIR_NAME, state_dir
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What was verified about one file of a release, and how."""
+
+    size: int
+    sha256: str
+    sha512: str | None = None
+    check: str = "digest"
+    """``sigstore`` (signature verified), ``checksums`` (primary, unsigned), ``digest`` (sidecar,
+    SUMS or bundle file, covered by the primary's record)."""
+    identity: str | None = None
+    log_index: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileRecord:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class Manifest:
+    """Every file of one release in the tree (paths relative to ``release/<version>/``)."""
+
+    version: str
+    files: dict[str, FileRecord] = field(default_factory=dict)
+    updated_at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": MANIFEST_FORMAT,
+                "version": self.version,
+                "updated_at": self.updated_at,
+                "files": {p: r.to_json() for p, r in sorted(self.files.items())},
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> Manifest:
+        try:
+            data = json.loads(text)
+            if data.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"unknown format {data.get('format')!r}")
+            files = {p: FileRecord.from_json(r) for p, r in data["files"].items()}
+            return cls(str(data["version"]), files, float(data.get("updated_at", 0)))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise LocalStoreError(f"{source}: unreadable manifest: {exc}") from None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:
+    """Write ``data`` to ``path`` via a fsynced temp file and a rename; fsync the directory."""
+    tmp_parent = tmp_dir or path.parent
+    tmp_parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_parent / f".tmp-{os.getpid()}-{time.monotonic_ns()}-{path.name}"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise LocalStoreError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+
+
+class Store:
+    """One mirror tree and its hidden state directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = state_dir(root)
+        self.staging = self.state / "staging"
+        self.partial = self.state / "partial"
+        self.manifests = self.state / "manifests"
+        self.reports = self.state / "reports"
+        self.tmp = self.state / "tmp"
+
+    # -- setup and lock ----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create the tree root and state directories (idempotent)."""
+        try:
+            for path in (
+                self.root / RELEASE_DIR_NAME,
+                self.staging,
+                self.partial,
+                self.manifests,
+                self.reports,
+                self.tmp,
+            ):
+                path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LocalStoreError(f"{exc.filename}: cannot create: {exc.strerror}") from exc
+
+    @contextmanager
+    def lock(self, *, wait_s: float = 0.0) -> Iterator[None]:
+        """Hold the tree's exclusive lock; raise ``LockHeldError`` after ``wait_s``."""
+        try:
+            self.state.mkdir(parents=True, exist_ok=True)
+            handle = open(self.state / "lock", "a+")  # noqa: SIM115 - held for the whole run
+        except OSError as exc:
+            raise LocalStoreError(f"{self.state / 'lock'}: {exc.strerror}") from exc
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        raise LocalStoreError(f"{handle.name}: {exc.strerror}") from exc
+                    if time.monotonic() >= deadline:
+                        handle.seek(0)
+                        holder = handle.read().strip() or "another process"
+                        raise LockHeldError(
+                            f"{self.root}: another k8s-mirror run holds the lock ({holder})",
+                            hint="wait for it, or pass --wait SECONDS",
+                        ) from None
+                    time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            handle.seek(0)
+            handle.truncate()
+            handle.write(
+                f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+            )
+            handle.flush()
+            yield
+        finally:
+            handle.close()
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def release_dir(self, version: str) -> Path:
+        return self.root / RELEASE_DIR_NAME / version
+
+    def staged_release_dir(self, version: str) -> Path:
+        return self.staging / version
+
+    def staged_path(self, version: str, relpath: RelPath) -> Path:
+        return self.staged_release_dir(version) / relpath
+
+    def partial_path(self, version: str, relpath: RelPath) -> Path:
+        return self.partial / version / relpath
+
+    def tree_path(self, version: str, relpath: RelPath) -> Path:
+        return self.release_dir(version) / relpath
+
+    def release_in_tree(self, version: str) -> bool:
+        return self.release_dir(version).is_dir()
+
+    def versions_in_tree(self) -> list[str]:
+        base = self.root / RELEASE_DIR_NAME
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    # -- manifests ---------------------------------------------------------------------------
+
+    def manifest_path(self, version: str) -> Path:
+        return self.manifests / f"{version}.json"
+
+    def load_manifest(self, version: str) -> Manifest:
+        path = self.manifest_path(version)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return Manifest(version)
+        except OSError as exc:
+            raise LocalStoreError(f"{path}: {exc.strerror}") from exc
+        return Manifest.from_json(text, str(path))
+
+    def save_manifest(self, manifest: Manifest) -> None:
+        manifest.updated_at = time.time()
+        write_atomic(
+            self.manifest_path(manifest.version), manifest.to_json().encode(), tmp_dir=self.tmp
+        )
+
+    def present(self, manifest: Manifest, relpath: str) -> bool:
+        """In the manifest and on disk at the recorded size (cheap: one stat)."""
+        record = manifest.files.get(relpath)
+        if record is None:
+            return False
+        try:
+            return self.tree_path(manifest.version, RelPath(relpath)).stat().st_size == record.size
+        except OSError:
+            return False
+
+    # -- staging journal ---------------------------------------------------------------------
+
+    def journal_path(self, version: str) -> Path:
+        return self.staging / f"{version}.journal"
+
+    def load_journal(self, version: str) -> dict[str, FileRecord]:
+        """Staged and verified files of ``version`` that are still on disk at their size."""
+        records: dict[str, FileRecord] = {}
+        try:
+            lines = self.journal_path(version).read_text().splitlines()
+        except FileNotFoundError:
+            return records
+        except OSError as exc:
+            raise LocalStoreError(f"{self.journal_path(version)}: {exc.strerror}") from exc
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                records[RelPath(entry["path"])] = FileRecord.from_json(entry["record"])
+            except Exception:
+                continue
+        return {
+            p: r
+            for p, r in records.items()
+            if _size_or_none(self.staged_path(version, RelPath(p))) == r.size
+        }
+
+    def journal(self, version: str, records: dict[str, FileRecord]) -> None:
+        """Append staged records durably (called once the files themselves are fsynced)."""
+        path = self.journal_path(version)
+        lines = "".join(
+            json.dumps({"path": p, "record": r.to_json()}) + "\n" for p, r in records.items()
+        )
+        try:
+            with open(path, "a") as handle:
+                handle.write(lines)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise LocalStoreError(f"{path}: cannot write: {exc.strerror}") from exc
+
+    # -- staging and promotion ---------------------------------------------------------------
+
+    def stage_bytes(self, version: str, relpath: RelPath, data: bytes) -> None:
+        write_atomic(self.staged_path(version, relpath), data, tmp_dir=self.tmp)
+
+    def stage_download(self, version: str, relpath: RelPath, part: Path) -> None:
+        """Move a complete, verified partial download to its staged place."""
+        target = self.staged_path(version, relpath)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, target)
+            part.with_name(part.name + ".meta").unlink(missing_ok=True)
+            fsync_dir(target.parent)
+        except OSError as exc:
+            raise LocalStoreError(f"{target}: cannot stage: {exc.strerror}") from exc
+
+    def promote_files(self, version: str, relpaths: Iterable[RelPath]) -> None:
+        """Rename staged files into a release already in the tree, in the order given."""
+        touched: set[Path] = set()
+        for relpath in relpaths:
+            source = self.staged_path(version, relpath)
+            target = self.tree_path(version, relpath)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+            except OSError as exc:
+                raise LocalStoreError(f"{target}: cannot promote: {exc.strerror}") from exc
+            touched.add(target.parent)
+        for directory in touched:
+            fsync_dir(directory)
+
+    def promote_release(self, version: str) -> None:
+        """Make a fully staged release visible with one directory rename."""
+        source = self.staged_release_dir(version)
+        target = self.release_dir(version)
+        try:
+            os.rename(source, target)
+            fsync_dir(target.parent)
+        except OSError as exc:
+            raise LocalStoreError(f"{target}: cannot promote release: {exc.strerror}") from exc
+        self.journal_path(version).unlink(missing_ok=True)
+
+    def clear_staging(self, version: str) -> None:
+        """Drop the (now empty or promoted) staging area of a release."""
+        shutil.rmtree(self.staged_release_dir(version), ignore_errors=True)
+        self.journal_path(version).unlink(missing_ok=True)
+        shutil.rmtree(self.partial / version, ignore_errors=True)
+
+    # -- markers and other tree files --------------------------------------------------------
+
+    def read_marker(self, name: str) -> str | None:
+        try:
+            return (self.root / marker_path(name)).read_text().strip()
+        except OSError:
+            return None
+
+    def write_marker(self, name: str, version: str) -> None:
+        write_atomic(self.root / marker_path(name), version.encode(), tmp_dir=self.tmp)
+
+    def write_tree_file(self, relpath: RelPath, data: bytes) -> None:
+        """A file of the tree outside any release (the trust root), written atomically."""
+        write_atomic(self.root / relpath, data, tmp_dir=self.tmp)
+
+
+def _size_or_none(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None

@@ -1,0 +1,182 @@
+"""The one aiohttp session of a run, and the translation of aiohttp's errors into ours.
+
+Every HTTP request k8s-mirror makes (dl.k8s.io and Rekor) goes through ``Upstream``. One request
+is one attempt here; retrying is ``fetch.py``'s job. Failures leave this module as:
+
+- ``TransientError``: worth retrying (connection refused/reset, timeouts, truncated bodies,
+  408/429/5xx, with the server's ``Retry-After`` when it gave one);
+- ``HTTPStatusError``: a final answer (404, 403, other 4xx);
+- ``IntegrityError``: a body larger than the caller allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+
+import aiohttp
+
+from mirror import __version__
+from mirror.config import UpstreamConfig
+from mirror.errors import HTTPStatusError, IntegrityError, MirrorError, UpstreamError
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+RETRY_AFTER_CAP_S = 300.0
+USER_AGENT = f"k8s-mirror/{__version__}"
+
+
+class TransientError(UpstreamError):
+    """A failure that another attempt may not hit; ``retry_after_s`` is the server's hint."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RetryableStatusError(TransientError, HTTPStatusError):
+    """408/429/5xx: the server asked us to come back later."""
+
+    def __init__(self, url: str, status: int, retry_after_s: float | None) -> None:
+        HTTPStatusError.__init__(self, url, status)
+        self.retry_after_s = retry_after_s
+
+
+def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), capped."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_CAP_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    now = time.time() if now_s is None else now_s
+    return min(max(when.timestamp() - now, 0.0), RETRY_AFTER_CAP_S)
+
+
+def raise_for_status(url: str, response: aiohttp.ClientResponse) -> None:
+    if response.status < 400:
+        return
+    if response.status in RETRYABLE_STATUSES:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise RetryableStatusError(url, response.status, retry_after)
+    raise HTTPStatusError(url, response.status)
+
+
+@asynccontextmanager
+async def translate_errors(url: str) -> AsyncIterator[None]:
+    """Map aiohttp/socket failures of one request to ``TransientError``."""
+    try:
+        yield
+    except MirrorError:
+        raise
+    except aiohttp.ClientPayloadError as exc:
+        raise TransientError(f"{url}: body cut short ({exc.__class__.__name__})") from exc
+    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        raise TransientError(f"{url}: timed out") from exc
+    except aiohttp.ClientResponseError as exc:
+        raise TransientError(f"{url}: bad response: {exc.message}") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise TransientError(f"{url}: {exc.__class__.__name__}: {exc}") from exc
+
+
+class Upstream:
+    """Owns the run's ``aiohttp.ClientSession`` (one per run, as aiohttp wants)."""
+
+    def __init__(self, config: UpstreamConfig) -> None:
+        self.config = config
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Upstream:
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.config.connect_timeout_s,
+            sock_read=self.config.read_timeout_s,
+        )
+        connector = aiohttp.TCPConnector(limit=self.config.concurrency * 2, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            timeout=timeout,
+            connector=connector,
+            headers={"User-Agent": USER_AGENT},
+            # Release tarballs must arrive byte for byte as signed: never let the client
+            # undo a Content-Encoding the server chose.
+            auto_decompress=False,
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Upstream used outside 'async with'")
+        return self._session
+
+    def release_url(self, tree_path: str) -> str:
+        """URL of a path in the upstream URL space (``release/v1.34.2/SHA256SUMS``)."""
+        return f"{self.config.url}/{tree_path}"
+
+    async def get_bytes(
+        self,
+        url: str,
+        *,
+        max_bytes: int,
+        method: str = "GET",
+        json_body: object = None,
+    ) -> bytes:
+        """One attempt at a small body, refusing anything over ``max_bytes``."""
+        async with (
+            translate_errors(url),
+            self.session.request(method, url, json=json_body) as response,
+        ):
+            raise_for_status(url, response)
+            length = response.content_length
+            if length is not None and length > max_bytes:
+                raise IntegrityError(f"{url}: {length} bytes, more than the {max_bytes} allowed")
+            chunks: list[bytes] = []
+            received = 0
+            async for chunk in response.content.iter_any():
+                received += len(chunk)
+                if received > max_bytes:
+                    raise IntegrityError(f"{url}: body larger than the {max_bytes} bytes allowed")
+                chunks.append(chunk)
+            if length is not None and received != length:
+                raise TransientError(f"{url}: got {received} of {length} bytes")
+            return b"".join(chunks)
+
+    async def content_length(self, url: str) -> int | None:
+        """One HEAD attempt: the size the server announces for ``url``."""
+        async with translate_errors(url), self.session.head(url, allow_redirects=True) as response:
+            raise_for_status(url, response)
+            return response.content_length
+
+    @asynccontextmanager
+    async def stream(
+        self, url: str, headers: Mapping[str, str]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One streaming GET; the caller reads ``response.content`` inside the block."""
+        async with (
+            translate_errors(url),
+            self.session.get(url, headers=dict(headers)) as response,
+        ):
+            yield response
+
+
+async def sleep_s(seconds: float) -> None:
+    """Backoff sleeps in one place, so a test can see the schedule in the code that runs."""
+    await asyncio.sleep(seconds)
