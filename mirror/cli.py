@@ -19,7 +19,7 @@ import click
 
 from mirror import __version__
 from mirror.config import Config, load_config
-from mirror.errors import EXIT_INTERRUPTED, ConfigError, MirrorError
+from mirror.errors import EXIT_INTERRUPTED, ConfigError, MirrorError, TreeVerifyError
 from mirror.progress import BarProgress, LogProgress, setup_logging
 from mirror.report import RunReport, read_status
 from mirror.store import Store
@@ -265,6 +265,69 @@ def status(root: Path | None, config_path: Path | None, as_json: bool) -> None:
         click.echo(f"last run: {last['finished_at']} {last['outcome']} (exit {last['exit_code']})")
     success = state.get("last_success")
     click.echo(f"last success: {success['finished_at'] if success else 'never'}")
+
+
+@main.command()
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Take tree.root and verify.identities from this config.",
+)
+@click.option(
+    "--release", "releases", multiple=True, help="Only this release (repeatable), e.g. v1.34.2."
+)
+@click.option(
+    "--trusted-root",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Verify bundles against this trusted_root.json instead of the tree's own.",
+)
+@click.option("--resume", is_flag=True, help="Skip releases an interrupted audit already passed.")
+@logging_options
+def verify(
+    root: Path | None,
+    config_path: Path | None,
+    releases: tuple[str, ...],
+    trusted_root: Path | None,
+    resume: bool,
+    verbose: int,
+    quiet: bool,
+    log_format: str,
+) -> None:
+    """Re-verify the tree offline: digests, sidecars, SUMS, bundles, markers."""
+    from mirror.audit import TreeAudit
+
+    setup_logging(verbose=verbose, quiet=quiet, fmt=log_format)
+    default_config = Path("mirror.toml")
+    if config_path is None and root is None and default_config.is_file():
+        config_path = default_config
+    config = load(config_path)
+    audit = TreeAudit(
+        root or config.tree.root,
+        config.verify.identities,
+        trusted_root=trusted_root,
+        releases=releases,
+        resume=resume,
+        on_release=lambda v, n: log.info("release/%s: %s", v, "ok" if not n else f"{n} problems"),
+    )
+    try:
+        result = audit.run()
+    except MirrorError as exc:
+        fail(exc)
+    for problem in result.problems:
+        click.echo(str(problem))
+    summary = (
+        f"{len(result.releases)} releases, {result.files_checked} files, "
+        f"{result.signatures_checked} signatures checked"
+        + (f", {len(result.skipped)} skipped (resume)" if result.skipped else "")
+    )
+    if result.problems:
+        fail(TreeVerifyError(f"{len(result.problems)} problems found; {summary}"))
+    if not quiet:
+        click.echo(f"ok: {summary}")
 
 
 @main.command()

@@ -39,3 +39,10 @@ async def test_second_sync_fetches_no_release_file(env: Env) -> None:
     assert report.exit_code == 0
     assert env.release_gets() == []
     assert report.files_present == 3 and report.files_fetched == 0
+
+
+async def test_verify_command_passes_on_a_synced_tree_offline(env: Env) -> None:
+    assert (await env.sync()).exit_code == 0
+    result = await env.cli("verify", "--root", str(env.root))
+    assert result.exit_code == 0, result.stderr
+    assert "3 signatures checked" in result.stdout
