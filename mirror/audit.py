@@ -257,6 +257,6 @@ class TreeAudit:
 
 def _read_text(path: Path) -> str | None:
     try:
-        return path.read_text(encoding="ascii").strip() if path.stat().st_size < 1 << 20 else None
+        return path.read_text(encoding="utf-8").strip() if path.stat().st_size < 1 << 20 else None
     except (OSError, UnicodeDecodeError):
         return None

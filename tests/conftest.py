@@ -139,7 +139,7 @@ async def env(
         dl_url=dl_url,
         rekor_url=rekor_url,
         trusted_root=trusted_root,
-        root=tmp_path / "mirror",
+        root=tmp_path / "tree",
         config_path=tmp_path / "mirror.toml",
     )
     e.settings = {
