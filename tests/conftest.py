@@ -64,9 +64,14 @@ class Env:
     async def cli(self, *args: str, env: dict[str, str] | None = None) -> CliResult:
         """Run ``python -m mirror ARGS`` as a subprocess while this loop keeps serving."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mirror", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            cwd=self.tmp, env={**os.environ, **(env or {})},
+            sys.executable,
+            "-m",
+            "mirror",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=self.tmp,
+            env={**os.environ, **(env or {})},
         )
         out, err = await proc.communicate()
         assert proc.returncode is not None

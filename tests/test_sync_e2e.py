@@ -13,7 +13,9 @@ def expected_listing(version: str, platform: str, names: tuple[str, ...]) -> lis
     files = []
     for name in names:
         base = f"release/{version}/bin/{platform}/{name}"
-        files += [base] + [base + s for s in (".sha256", ".sha512", ".sig", ".cert", ".sigstore.json")]
+        files += [base] + [
+            base + s for s in (".sha256", ".sha512", ".sig", ".cert", ".sigstore.json")
+        ]
     for sums in ("SHA256SUMS", "SHA512SUMS"):
         files += [f"release/{version}/{sums}{s}" for s in ("", ".sha256", ".sha512")]
     return files
@@ -28,7 +30,9 @@ async def test_fresh_sync_produces_exact_tree_and_markers(env: Env) -> None:
     assert (env.root / "release/stable.txt").read_text() == "v1.34.2"
     kubectl = env.tree.files["release/v1.34.2/bin/linux/amd64/kubectl"]
     assert (env.root / "release/v1.34.2/bin/linux/amd64/kubectl").read_bytes() == kubectl
-    bundle = json.loads((env.root / "release/v1.34.2/bin/linux/amd64/kubectl.sigstore.json").read_text())
+    bundle = json.loads(
+        (env.root / "release/v1.34.2/bin/linux/amd64/kubectl.sigstore.json").read_text()
+    )
     assert bundle["mediaType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
 
 
