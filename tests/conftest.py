@@ -48,11 +48,10 @@ class Env:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def write_config(self, **sections: dict[str, Any]) -> Path:
-        """(Re)write mirror.toml: base settings updated with ``sections``."""
-        merged = {k: dict(v) for k, v in self.settings.items()}
+        """Update the settings with ``sections`` (they stick) and rewrite mirror.toml."""
         for name, values in sections.items():
-            merged.setdefault(name, {}).update(values)
-        self.config_path.write_text(_toml(merged))
+            self.settings.setdefault(name, {}).update(values)
+        self.config_path.write_text(_toml(self.settings))
         return self.config_path
 
     def config(self, **sections: dict[str, Any]) -> Config:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
+from mirror import serve as serve_module
 from mirror.layout import STATE_DIR_NAME
 from mirror.serve import _parse_range, make_app, serve
 
@@ -473,6 +474,29 @@ async def test_client_abort_is_not_a_server_error(
     assert len(aborted) == 1
     assert aborted[0].http_bytes is None  # type: ignore[attr-defined]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_component_swapped_for_symlink_after_resolve_is_refused(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race O_NOFOLLOW closes: resolution saw real directories, then one became a symlink
+    # to a look-alike tree outside the root before the open.
+    outside = tree.root.parent / "lookalike"
+    (outside / "bin/linux/amd64").mkdir(parents=True)
+    (outside / "bin/linux/amd64/kubectl").write_bytes(SECRET + b"swapped")
+    resolve = serve_module._resolve_in_root
+
+    def resolve_then_swap(root: Path, candidate: Path) -> Path:
+        rel = resolve(root, candidate)
+        version_dir = root / "release" / VERSION
+        version_dir.rename(root / "release" / "moved-away")
+        version_dir.symlink_to(outside)
+        return rel
+
+    monkeypatch.setattr(serve_module, "_resolve_in_root", resolve_then_swap)
+    with pytest.raises(serve_module._Reject) as refused:
+        serve_module._open_in_root(tree.root.resolve(), tuple(KUBECTL.split("/")))
+    assert refused.value.status == 404
 
 
 @pytest.mark.parametrize(
