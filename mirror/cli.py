@@ -196,6 +196,8 @@ def print_plan(report: RunReport) -> None:
         )
         for path in info["to_fetch"]:
             click.echo(f"  fetch {path}")
+    for path in report.pruned:
+        click.echo(f"prune {path}")
     for failure in report.failures:
         click.echo(f"cannot plan {failure.path}: {failure.reason}", err=True)
 

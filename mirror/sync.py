@@ -37,6 +37,7 @@ from mirror.errors import (
 )
 from mirror.fetch import Fetcher, discard_partial
 from mirror.layout import BUNDLE_SUFFIX, TRUST_ROOT_RELPATH
+from mirror.prune import PrunePlan, check_guard, execute_prune, plan_prune
 from mirror.report import Failure, RunReport, prune_reports, write_run_files
 from mirror.store import FileRecord, Manifest, Store
 from mirror.upstream import Upstream
@@ -88,6 +89,15 @@ class ReleasePlan:
     @property
     def name(self) -> str:
         return self.version.text
+
+    @property
+    def sums_paths(self) -> list[RelPath]:
+        """The SUMS files and their digest sidecars, kept with every release."""
+        return [
+            RelPath(name + suffix)
+            for name in catalog.SUMS_FILES
+            for suffix in ("", *catalog.SIDECAR_DIGESTS)
+        ]
 
 
 @dataclass
@@ -180,12 +190,19 @@ class SyncRun:
                 self.plan = await self._make_plan(fetcher)
                 if self.dry_run:
                     await self._size_plan(fetcher)
+                    if self.config.tree.prune and not self.report.failures:
+                        prune = await self._in_thread(self._plan_prune)
+                        self.report.pruned = prune.paths()
                     self._conclude()
                     return
                 if self.plan.needs_signatures:
                     await self._prepare_checker(fetcher)
                 await self._execute(fetcher)
                 await self._write_markers()
+                if not self.report.failures:
+                    await self._in_thread(self._housekeeping)
+                    if self.config.tree.prune:
+                        await self._in_thread(self._prune)
                 self._conclude()
             finally:
                 self.report.retries = fetcher.retries_done
@@ -524,6 +541,42 @@ class SyncRun:
             if self.store.read_marker(marker) != version:
                 await self._in_thread(self.store.write_marker, marker, version)
                 log.info("marker %s -> %s", marker, version)
+
+    # -- after a fully successful run -------------------------------------------------------
+
+    def _plan_prune(self) -> PrunePlan:
+        """(worker thread) What pruning would remove, given this run's selection."""
+        assert self.plan is not None
+        keep: dict[str, list[str]] = {}
+        for release in self.plan.releases:
+            paths = [str(p) for p in release.sums_paths]
+            for planned in release.files:
+                paths += [planned.relpath, *planned.sidecars]
+                if planned.signed:
+                    paths.append(planned.relpath.child(BUNDLE_SUFFIX))
+            keep[release.name] = paths
+        return plan_prune(self.store, keep, self.plan.markers)
+
+    def _prune(self) -> None:
+        """(worker thread) Remove what is no longer selected, within the mass-delete guard."""
+        plan = self._plan_prune()
+        check_guard(plan, self.config.tree)
+        execute_prune(self.store, plan)
+        self.report.pruned = plan.paths()
+        for path in self.report.pruned:
+            log.info("pruned %s", path)
+
+    def _housekeeping(self) -> None:
+        """(worker thread) Drop staging and partial files of releases no longer selected."""
+        assert self.plan is not None
+        selected = {r.name for r in self.plan.releases}
+        for area in (self.store.staging, self.store.partial):
+            if not area.is_dir():
+                continue
+            for entry in area.iterdir():
+                name = entry.name.removesuffix(".journal")
+                if (entry.is_dir() or entry.name.endswith(".journal")) and name not in selected:
+                    self.store.clear_staging(name)
 
     # -- helpers -----------------------------------------------------------------------------
 
