@@ -160,14 +160,15 @@ class SyncRun:
                 with self.store.lock(wait_s=self.lock_wait_s):
                     try:
                         await self._run_unlocked()
+                    except MirrorError as exc:
+                        self._record_error(exc)
+                        raise
                     finally:
                         self._finish_report()
                         write_run_files(self.store, self.report, self.config.report.metrics_file)
                         prune_reports(self.store, self.config.report.keep_reports)
         except MirrorError as exc:
-            self.report.error = str(exc)
-            self.report.outcome = "failed"
-            self.report.exit_code = exc.exit_code
+            self._record_error(exc)
             raise
         except asyncio.CancelledError:
             self.report.outcome = "interrupted"
@@ -175,6 +176,11 @@ class SyncRun:
         finally:
             self.executor.shutdown(wait=False, cancel_futures=True)
         return self.report
+
+    def _record_error(self, exc: MirrorError) -> None:
+        self.report.error = str(exc)
+        self.report.outcome = "failed"
+        self.report.exit_code = exc.exit_code
 
     def _finish_report(self) -> None:
         self.report.finished_at = time.time()
