@@ -146,7 +146,12 @@ def _resume_offset(part: Path, url: str) -> tuple[int, str | None]:
         size = part.stat().st_size
     except FileNotFoundError:
         return 0, None
-    validator = meta.get("etag") or meta.get("last_modified") if meta else None
+    validator = None
+    if meta:
+        etag = meta.get("etag")
+        # If-Range needs a strong validator: a weak ETag would never match, so use the date.
+        strong = isinstance(etag, str) and not etag.startswith("W/")
+        validator = etag if strong else meta.get("last_modified")
     if not meta or meta.get("url") != url or not isinstance(validator, str) or size == 0:
         discard_partial(part)
         return 0, None

@@ -110,7 +110,7 @@ def load_trust_root(setting: str) -> TrustRoot:
     path = Path(setting)
     try:
         text = path.read_text(encoding="utf-8")
-        root = TrustedRoot(TrustedRoot.from_file(str(path))._inner)
+        root = TrustedRoot.from_file(str(path))
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}", source="verify.trusted_root") from None
     except Exception as exc:

@@ -186,3 +186,41 @@ async def test_stored_bundles_verify_with_sigstores_own_cli_offline(env: Env) ->
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("OK:") + proc.stdout.count("OK:") == 3
+
+
+@pytest.mark.parametrize(
+    ("suffix", "body", "reason"),
+    [
+        (".sig", b"not base64 at all!", "kubectl.sig: not base64"),
+        (".cert", b"bm90IGEgY2VydGlmaWNhdGU=", "kubectl.cert: not base64 of a PEM certificate"),
+        (".sig", b"A" * 5000, "more than the 1024 allowed"),
+    ],
+)
+async def test_malformed_signature_sidecars_are_rejected(
+    env: Env, suffix: str, body: bytes, reason: str
+) -> None:
+    env.tree.put(KUBECTL + suffix, body)
+    await assert_rejected(env, reason)
+
+
+async def test_unreadable_trusted_root_is_a_config_error_that_changes_nothing(env: Env) -> None:
+    env.trusted_root.write_text('{"mediaType": "nonsense"}')
+    result = await env.cli("sync", "--config", str(env.config_path), "--no-progress")
+    assert result.exit_code == 2, result.stderr
+    assert str(env.trusted_root) in result.stderr
+    assert env.listing() == []
+
+
+async def test_rekor_hiccups_are_retried(env: Env) -> None:
+    env.sigstore.rekor.fail_next(2, status=503)
+    report = await env.sync()
+    assert report.exit_code == 0, report.failures
+    assert report.retries >= 2
+
+
+async def test_rekor_down_is_an_upstream_failure_not_a_verified_file(env: Env) -> None:
+    env.write_config(verify={"rekor_url": "http://127.0.0.1:9"}, upstream={"retries": 1})
+    result = await env.cli("sync", "--config", str(env.config_path), "--no-progress")
+    assert result.exit_code == 4, result.stderr
+    assert "127.0.0.1:9" in result.stderr
+    assert not (env.root / "release/v1.34.2").exists()
