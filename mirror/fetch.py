@@ -16,6 +16,7 @@ is held across retries, so a struggling server gets no more connections than con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -118,7 +119,9 @@ class _HashingWriter:
         return self.size, self.sha256.hexdigest(), self.sha512.hexdigest()
 
     def close(self) -> None:
-        self.file.close()
+        """Best effort: on an error path, a failing flush must not hide the first error."""
+        with contextlib.suppress(OSError):
+            self.file.close()
 
 
 def _meta_path(part: Path) -> Path:
@@ -277,6 +280,12 @@ class Fetcher:
             headers["If-Range"] = validator or ""
         async with self.upstream.stream(url, headers) as response:
             if offset and response.status == 416:
+                if _unsatisfied_length(response.headers.get("Content-Range")) == offset:
+                    # The partial is already whole (a run was killed after the last byte):
+                    # hash what is on disk; the digest check decides whether it is usable.
+                    writer = await loop.run_in_executor(self.executor, _HashingWriter, part, offset)
+                    size, sha256, sha512 = await loop.run_in_executor(self.executor, writer.finish)
+                    return Downloaded(part, size, sha256, sha512, offset, 1)
                 await loop.run_in_executor(self.executor, discard_partial, part)
                 raise TransientError(f"{url}: server refused to resume at byte {offset}")
             raise_for_status(url, response)
@@ -340,6 +349,12 @@ def _open_writer(part: Path, offset: int, meta: dict[str, Any]) -> _HashingWrite
     except OSError as exc:
         raise LocalStoreError(f"{part}: cannot write: {exc.strerror}") from exc
     return writer
+
+
+def _unsatisfied_length(value: str | None) -> int | None:
+    """The complete length from a 416's ``Content-Range: bytes */<length>``."""
+    match = re.match(r"^bytes \*/(\d+)$", value or "")
+    return int(match[1]) if match else None
 
 
 def _parse_content_range(value: str | None) -> tuple[int, int]:

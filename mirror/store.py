@@ -101,10 +101,10 @@ def fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:
     """Write ``data`` to ``path`` via a fsynced temp file and a rename; fsync the directory."""
     tmp_parent = tmp_dir or path.parent
-    tmp_parent.mkdir(parents=True, exist_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_parent / f".tmp-{os.getpid()}-{time.monotonic_ns()}-{path.name}"
     try:
+        tmp_parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -131,7 +131,11 @@ class Store:
     # -- setup and lock ----------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Create the tree root and state directories (idempotent)."""
+        """Create the tree root and state directories (idempotent), refusing symlinks.
+
+        Someone who can plant a symlink at ``release`` or in the state directory could make
+        us write outside the root, or swap files between verification and promotion.
+        """
         try:
             for path in (
                 self.root / RELEASE_DIR_NAME,
@@ -144,13 +148,32 @@ class Store:
                 path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LocalStoreError(f"{exc.filename}: cannot create: {exc.strerror}") from exc
+        for path in (
+            self.root / RELEASE_DIR_NAME,
+            self.state,
+            self.staging,
+            self.partial,
+            self.manifests,
+            self.reports,
+            self.tmp,
+        ):
+            refuse_symlink(path)
+
+    def sweep(self) -> None:
+        """Remove leftovers of killed runs that no later step would reuse (under the lock)."""
+        for leftover in self.tmp.glob(".tmp-*"):
+            leftover.unlink(missing_ok=True)
+        trash = self.state / "trash"
+        if trash.is_dir():
+            shutil.rmtree(trash, ignore_errors=True)
 
     @contextmanager
     def lock(self, *, wait_s: float = 0.0) -> Iterator[None]:
         """Hold the tree's exclusive lock; raise ``LockHeldError`` after ``wait_s``."""
         try:
             self.state.mkdir(parents=True, exist_ok=True)
-            handle = open(self.state / "lock", "a+")  # noqa: SIM115 - held for the whole run
+            fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            handle = os.fdopen(fd, "r+")
         except OSError as exc:
             raise LocalStoreError(f"{self.state / 'lock'}: {exc.strerror}") from exc
         deadline = time.monotonic() + wait_s
@@ -198,7 +221,9 @@ class Store:
         return self.release_dir(version) / relpath
 
     def release_in_tree(self, version: str) -> bool:
-        return self.release_dir(version).is_dir()
+        path = self.release_dir(version)
+        refuse_symlink(path)
+        return path.is_dir()
 
     def versions_in_tree(self) -> list[str]:
         base = self.root / RELEASE_DIR_NAME
@@ -296,11 +321,15 @@ class Store:
     def promote_files(self, version: str, relpaths: Iterable[RelPath]) -> None:
         """Rename staged files into a release already in the tree, in the order given."""
         touched: set[Path] = set()
+        release = os.path.realpath(self.release_dir(version))
         for relpath in relpaths:
             source = self.staged_path(version, relpath)
             target = self.tree_path(version, relpath)
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
+                # A planted symlinked directory inside the release must not lead outside it.
+                if os.path.commonpath([release, os.path.realpath(target.parent)]) != release:
+                    raise LocalStoreError(f"{target.parent}: leads outside the tree; refusing")
                 os.replace(source, target)
             except OSError as exc:
                 raise LocalStoreError(f"{target}: cannot promote: {exc.strerror}") from exc
@@ -339,6 +368,11 @@ class Store:
     def write_tree_file(self, relpath: RelPath, data: bytes) -> None:
         """A file of the tree outside any release (the trust root), written atomically."""
         write_atomic(self.root / relpath, data, tmp_dir=self.tmp)
+
+
+def refuse_symlink(path: Path) -> None:
+    if path.is_symlink():
+        raise LocalStoreError(f"{path}: is a symlink; refusing to write through it")
 
 
 def _size_or_none(path: Path) -> int | None:

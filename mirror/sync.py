@@ -16,8 +16,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -26,12 +27,15 @@ from mirror import catalog
 from mirror.catalog import PlannedFile, RelPath, Selection, Version
 from mirror.config import Config
 from mirror.errors import (
+    EXIT_INTERRUPTED,
     ConfigError,
     DigestMismatchError,
     IntegrityError,
     LocalStoreError,
+    LockHeldError,
     MirrorError,
     PartialSyncError,
+    PruneGuardError,
     SignatureError,
     UpstreamError,
 )
@@ -150,44 +154,61 @@ class SyncRun:
     # -- entry point -------------------------------------------------------------------------
 
     async def run(self) -> RunReport:
-        """Reconcile the tree with the config; the report says how it went (never raises
-        ``MirrorError`` without having recorded it in the report first)."""
+        """Reconcile the tree with the config. The report says how it went; every outcome,
+        also an error or an interruption, is written to the run report and status first."""
         try:
             if self.dry_run:
                 await self._run_unlocked()
-            else:
-                self.store.prepare()
-                with self.store.lock(wait_s=self.lock_wait_s):
-                    try:
-                        await self._run_unlocked()
-                    except MirrorError as exc:
-                        self._record_error(exc)
-                        raise
-                    finally:
-                        self._finish_report()
-                        write_run_files(self.store, self.report, self.config.report.metrics_file)
-                        prune_reports(self.store, self.config.report.keep_reports)
+                return self.report
+            await self._in_thread(self.store.prepare)
+            async with self._locked():
+                await self._in_thread(self.store.sweep)
+                try:
+                    await self._run_unlocked()
+                except MirrorError as exc:
+                    self._record_error(exc.exit_code, str(exc))
+                    raise
+                except asyncio.CancelledError:
+                    self.report.outcome = "interrupted"
+                    self.report.exit_code = EXIT_INTERRUPTED
+                    raise
+                except Exception as exc:
+                    self._record_error(1, f"unexpected {exc.__class__.__name__}: {exc}")
+                    raise
+                finally:
+                    # Let worker threads finish before the lock goes: nothing may write into
+                    # the tree after another run could have started.
+                    self.executor.shutdown(wait=True, cancel_futures=True)
+                    self.report.finished_at = time.time()
+                    write_run_files(self.store, self.report, self.config.report.metrics_file)
+                    prune_reports(self.store, self.config.report.keep_reports)
         except MirrorError as exc:
-            self._record_error(exc)
-            raise
-        except asyncio.CancelledError:
-            self.report.outcome = "interrupted"
+            if self.report.exit_code is None:
+                self._record_error(exc.exit_code, str(exc))
             raise
         finally:
             self.executor.shutdown(wait=False, cancel_futures=True)
         return self.report
 
-    def _record_error(self, exc: MirrorError) -> None:
-        self.report.error = str(exc)
-        self.report.outcome = "failed"
-        self.report.exit_code = exc.exit_code
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """Hold the tree's lock; with ``--wait``, poll for it without blocking the loop, so a
+        signal still interrupts the wait."""
+        deadline = time.monotonic() + self.lock_wait_s
+        while True:
+            try:
+                with self.store.lock():
+                    yield
+                return
+            except LockHeldError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
-    def _finish_report(self) -> None:
-        self.report.finished_at = time.time()
-        if self.report.outcome == "running":
-            # Reached only when an exception is on its way out of _run_unlocked.
-            self.report.outcome = "interrupted"
-            self.report.exit_code = 130
+    def _record_error(self, exit_code: int, message: str) -> None:
+        self.report.error = message
+        self.report.outcome = "failed"
+        self.report.exit_code = exit_code
 
     async def _run_unlocked(self) -> None:
         async with Upstream(self.config.upstream) as upstream:
@@ -196,10 +217,14 @@ class SyncRun:
                 self.plan = await self._make_plan(fetcher)
                 if self.dry_run:
                     await self._size_plan(fetcher)
+                    self._conclude()
                     if self.config.tree.prune and not self.report.failures:
                         prune = await self._in_thread(self._plan_prune)
                         self.report.pruned = prune.paths()
-                    self._conclude()
+                        try:
+                            check_guard(prune, self.config.tree)
+                        except PruneGuardError as exc:
+                            self._record_error(exc.exit_code, str(exc))
                     return
                 if self.plan.needs_signatures:
                     await self._prepare_checker(fetcher)
@@ -218,18 +243,27 @@ class SyncRun:
     async def _make_plan(self, fetcher: Fetcher) -> Plan:
         markers: dict[str, str] = {}
         wanted: dict[str, Version] = {}
+        marker_failures: list[Failure] = []
         for entry in self.config.select.versions:
             if catalog.is_version(entry):
                 wanted[entry] = Version.parse(entry)
                 continue
             url = fetcher.upstream.release_url(catalog.marker_path(entry))
-            version = catalog.parse_marker_body(entry, await fetcher.text(url, max_bytes=64))
+            try:
+                body = await fetcher.text(url, max_bytes=64)
+                version = catalog.parse_marker_body(entry, body)
+            except MirrorError as exc:
+                # One marker that will not resolve must not hold back the other releases.
+                marker_failures.append(
+                    Failure(str(catalog.marker_path(entry)), failure_kind(exc), str(exc))
+                )
+                continue
             markers[entry] = version.text
             wanted[version.text] = version
         self.report.markers = dict(markers)
         self._check_signing_policy(wanted.values())
 
-        failures: list[Failure] = []
+        failures: list[Failure] = marker_failures
         releases = []
         for version in sorted(wanted.values()):
             try:
@@ -298,7 +332,7 @@ class SyncRun:
                         f"{planned.sha256[:16]}...); refusing to replace a release file"
                     )
                 plan.present.append(planned)
-            elif _staged_complete(planned, staged):
+            elif _staged_complete(planned, staged, lambda p: self.store.present(manifest, p)):
                 plan.staged.update(_staged_records(planned, staged))
             else:
                 plan.to_fetch.append(planned)
@@ -435,7 +469,9 @@ class SyncRun:
                         sidecars[planned.relpath.child(".sig")],
                         sidecars[planned.relpath.child(".cert")],
                     )
-                except BaseException:
+                except IntegrityError:
+                    # Never usable. (A Rekor outage or an interruption keeps the verified
+                    # download for the next run.)
                     await self._in_thread(discard_partial, part)
                     raise
                 bundle = verified.bundle_json.encode()
@@ -453,11 +489,16 @@ class SyncRun:
             )
             if release.in_tree:
                 await self._promote_into_tree(release, planned, records)
-        except MirrorError as exc:
+        except Exception as exc:
+            # Fail closed, per file: anything unexpected fails this file, not the whole run.
+            kind = failure_kind(exc) if isinstance(exc, MirrorError) else "internal"
+            reason = str(exc) if isinstance(exc, MirrorError) else f"unexpected {exc!r}"
             release.failed += 1
-            self._record_failure(Failure(name, failure_kind(exc), str(exc)))
+            self._record_failure(Failure(name, kind, reason))
             self.progress.file_done(name, "failed", 0)
-            log.error("%s: %s", name, exc)
+            log.error("%s: %s", name, reason)
+            if kind == "internal":
+                log.debug("%s: traceback", name, exc_info=True)
             return
         self.report.files_fetched += 1
         self.report.bytes_fetched += downloaded.size_bytes
@@ -500,9 +541,11 @@ class SyncRun:
         for relpath, data in sidecars.items():
             self.store.stage_bytes(version, relpath, data)
             records[relpath] = FileRecord(len(data), hashlib.sha256(data).hexdigest())
-        self.store.stage_download(version, planned.relpath, part)
         records[planned.relpath] = record
+        # Journal first: a crash before the rename leaves a whole partial file, which the next
+        # run finishes from disk (416 on resume) instead of fetching again.
         self.store.journal(version, records)
+        self.store.stage_download(version, planned.relpath, part)
         return records
 
     async def _promote_into_tree(
@@ -561,7 +604,18 @@ class SyncRun:
                 if planned.signed:
                     paths.append(planned.relpath.child(BUNDLE_SUFFIX))
             keep[release.name] = paths
-        return plan_prune(self.store, keep, self.plan.markers)
+        plan = plan_prune(self.store, keep, self.plan.markers)
+        if self.dry_run:
+            # The guard's share is measured on the tree as the run leaves it: count what the
+            # run would still add.
+            present = {(r.name, str(f.relpath)) for r in self.plan.releases for f in r.present}
+            plan.tree_file_count += sum(
+                1 + len(f.sidecars) + (1 if f.signed else 0)
+                for r in self.plan.releases
+                for f in r.files
+                if (r.name, str(f.relpath)) not in present
+            ) + sum(len(r.sums_paths) for r in self.plan.releases if not r.in_tree)
+        return plan
 
     def _prune(self) -> None:
         """(worker thread) Remove what is no longer selected, within the mass-delete guard."""
@@ -611,10 +665,12 @@ class SyncRun:
             self.report.exit_code = 0
             return
         succeeded = self.report.files_fetched + self.report.files_present + self.report.files_reused
-        if "local" in kinds:
-            error: MirrorError = LocalStoreError("local tree could not be written")
+        if "internal" in kinds:
+            error: MirrorError = MirrorError("internal error (a bug; please report it)")
         elif "integrity" in kinds:
             error = IntegrityError("some files failed verification")
+        elif "local" in kinds:
+            error = LocalStoreError("local tree could not be written")
         elif succeeded:
             error = PartialSyncError("some files could not be fetched")
         else:
@@ -631,13 +687,19 @@ class SyncRun:
         return await loop.run_in_executor(self.executor, func, *args)
 
 
-def _staged_complete(planned: PlannedFile, staged: dict[str, FileRecord]) -> bool:
-    needed = [planned.relpath, *planned.sidecars]
+def _staged_complete(
+    planned: PlannedFile, staged: dict[str, FileRecord], in_tree: Callable[[str], bool]
+) -> bool:
+    """A verified primary waits in staging with every companion staged or already promoted
+    (a run killed half way through promoting one file leaves some sidecars in the tree)."""
+    needed = [*planned.sidecars]
     if planned.signed:
         needed.append(planned.relpath.child(BUNDLE_SUFFIX))
     record = staged.get(planned.relpath)
     return (
-        record is not None and record.sha256 == planned.sha256 and all(p in staged for p in needed)
+        record is not None
+        and record.sha256 == planned.sha256
+        and all(p in staged or in_tree(p) for p in needed)
     )
 
 

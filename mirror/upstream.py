@@ -103,7 +103,8 @@ class Upstream:
         self._session = aiohttp.ClientSession(
             timeout=timeout,
             connector=connector,
-            headers={"User-Agent": USER_AGENT},
+            # identity: we never decompress (below), so never invite a compressed answer.
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             # Release tarballs must arrive byte for byte as signed: never let the client
             # undo a Content-Encoding the server chose.
             auto_decompress=False,

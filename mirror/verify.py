@@ -285,14 +285,10 @@ class SignatureChecker:
         answer: Any = None
         try:
             raw = await self.fetcher.bytes(f"{self.rekor_url}/api/v1/log/entries/{uuid}")
-            answer = json.loads(raw)
+            answer = _json(name, raw)
         except HTTPStatusError as exc:
             if exc.status != 404:
                 raise
-        except ValueError:
-            raise SignatureError(
-                f"{name}: Rekor answered with something that is not JSON"
-            ) from None
         if answer is None:
             try:
                 raw = await self.fetcher.bytes(
@@ -300,13 +296,11 @@ class SignatureChecker:
                     method="POST",
                     json_body={"entryUUIDs": [uuid]},
                 )
-                listed = json.loads(raw)
+                listed = _json(name, raw)
             except HTTPStatusError as exc:
                 if exc.status != 404:
                     raise
                 listed = []
-            except ValueError:
-                raise SignatureError(f"{name}: Rekor answered with something not JSON") from None
             answer = listed[0] if isinstance(listed, list) and listed else None
         if not isinstance(answer, dict) or not answer:
             raise SignatureError(
@@ -373,6 +367,13 @@ class SignatureChecker:
             raise SignatureError(
                 f"{name}: bundle unreadable ({exc.__class__.__name__}: {_first_line(exc)})"
             ) from None
+
+
+def _json(name: str, raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except Exception:  # ValueError, but also RecursionError on hostile nesting
+        raise SignatureError(f"{name}: Rekor answered with something not JSON") from None
 
 
 def _first_line(exc: BaseException) -> str:
