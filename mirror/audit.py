@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,9 @@ from mirror.store import Manifest, Store, write_atomic
 from mirror.verify import SignatureChecker, TrustRoot, load_trust_root
 
 READ_BYTES = 1 << 20
+
+Digests = tuple[int, str, str | None]
+"""Size, sha256 and (for files recorded with one) sha512 of a file's content."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class AuditResult:
     problems: list[Problem] = field(default_factory=list)
 
 
-def _digests(path: Path, want_sha512: bool) -> tuple[int, str, str | None]:
+def _digests(path: Path, want_sha512: bool) -> Digests:
     sha256 = hashlib.sha256()
     sha512 = hashlib.sha512() if want_sha512 else None
     size = 0
@@ -179,25 +182,47 @@ class TreeAudit:
                 strict=True,
             )
         )
-        self.result.files_checked += len(present)
+        self.check_files(version, manifest, digests)
+
+    def check_files(
+        self,
+        version: str,
+        manifest: Manifest,
+        digests: Mapping[str, Digests],
+        locate: Callable[[str], Path] | None = None,
+    ) -> None:
+        """Check files of one release whose digests are known against ``manifest``, and what
+        vouches for each primary among them (sidecars, SUMS, bundle).
+
+        ``locate`` maps a path inside the release to the file to read (default: the tree's
+        release directory); ``import`` points it at its staging area first, so a set is
+        checked exactly like a tree before anything of it is promoted.
+        """
+        base = self.store.release_dir(version)
+        where = locate or (lambda rel: base / rel)
+        prefix = f"release/{version}/"
+        self.result.files_checked += len(digests)
         for rel, (size, sha256, sha512) in digests.items():
             record = manifest.files[rel]
             if size != record.size or sha256 != record.sha256 or sha512 != record.sha512:
                 self.problem(prefix + rel, "modified", "content differs from what was verified")
-        self._audit_primaries(version, manifest, digests)
+        self._audit_primaries(version, manifest, digests, where)
 
     def _audit_primaries(
-        self, version: str, manifest: Manifest, digests: dict[str, tuple[int, str, str | None]]
+        self,
+        version: str,
+        manifest: Manifest,
+        digests: Mapping[str, Digests],
+        locate: Callable[[str], Path],
     ) -> None:
         prefix = f"release/{version}/"
-        base = self.store.release_dir(version)
-        sums = self._tree_sums(version)
+        sums = self._tree_sums(version, locate)
         for rel, record in sorted(manifest.files.items()):
             if record.sha512 is None or rel not in digests:
                 continue
             _, sha256, sha512 = digests[rel]
             for suffix, digest in ((".sha256", sha256), (".sha512", sha512)):
-                side = _read_text(base / (rel + suffix))
+                side = _read_text(locate(rel + suffix))
                 if side != digest:
                     self.problem(prefix + rel + suffix, "bad-sidecar", "does not match the file")
             for algo, digest in (("sha256", sha256), ("sha512", sha512)):
@@ -205,7 +230,7 @@ class TreeAudit:
                     self.problem(prefix + rel, "bad-sidecar", f"{algo.upper()}SUMS disagrees")
             if record.check != "sigstore":
                 continue
-            bundle = _read_text(base / (rel + BUNDLE_SUFFIX))
+            bundle = _read_text(locate(rel + BUNDLE_SUFFIX))
             if bundle is None:
                 self.problem(prefix + rel + BUNDLE_SUFFIX, "bad-bundle", "missing")
                 continue
@@ -215,11 +240,11 @@ class TreeAudit:
             except IntegrityError as exc:
                 self.problem(prefix + rel + BUNDLE_SUFFIX, "bad-bundle", str(exc))
 
-    def _tree_sums(self, version: str) -> dict[str, dict[str, str]]:
+    def _tree_sums(self, version: str, locate: Callable[[str], Path]) -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}
         for name, algo in (("SHA256SUMS", "sha256"), ("SHA512SUMS", "sha512")):
             path = f"release/{version}/{name}"
-            text = _read_text(self.root / path)
+            text = _read_text(locate(name))
             if text is None:
                 self.problem(path, "missing", "the release's SUMS file is gone")
                 continue
