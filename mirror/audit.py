@@ -215,12 +215,35 @@ class TreeAudit:
         digests: Mapping[str, Digests],
         locate: Callable[[str], Path],
     ) -> None:
+        """Each checked file must be a SUMS-listed primary or a companion of one; a primary is
+        checked against its sidecars and both SUMS, and against its bundle whenever its path
+        and version say upstream signs it. What must be signature-checked follows from the
+        path, never from the manifest: a manifest in a writable tree is no authority."""
         prefix = f"release/{version}/"
         sums = self._tree_sums(version, locate)
-        for rel, record in sorted(manifest.files.items()):
-            if record.sha512 is None or rel not in digests:
+        primaries = sums.get("sha256", {})
+        signed_release = catalog.is_signed_release(catalog.Version.parse(version))
+        for rel in sorted(digests):
+            record = manifest.files[rel]
+            if rel not in primaries:
+                if not is_companion(rel, primaries):
+                    self.problem(prefix + rel, "unexpected", "neither in SUMS nor a sidecar of it")
+                elif rel.partition(".")[0] in catalog.SUMS_FILES and "." in rel:
+                    sums_name, _, algo = rel.partition(".")
+                    body = _read_bytes(locate(sums_name))
+                    side = _read_text(locate(rel))
+                    if body is None or side != hashlib.new(algo, body).hexdigest():
+                        self.problem(prefix + rel, "bad-sidecar", f"does not match {sums_name}")
                 continue
+            must_sign = signed_release and catalog.classify(catalog.RelPath(rel)).signed_kind
+            want = "sigstore" if must_sign else "checksums"
+            if record.check != want or record.sha512 is None:
+                self.problem(
+                    prefix + rel, "bad-manifest", f"recorded as {record.check!r}, not {want!r}"
+                )
             _, sha256, sha512 = digests[rel]
+            if sha512 is None:
+                continue
             for suffix, digest in ((".sha256", sha256), (".sha512", sha512)):
                 side = _read_text(locate(rel + suffix))
                 if side != digest:
@@ -228,7 +251,7 @@ class TreeAudit:
             for algo, digest in (("sha256", sha256), ("sha512", sha512)):
                 if sums.get(algo, {}).get(rel) != digest:
                     self.problem(prefix + rel, "bad-sidecar", f"{algo.upper()}SUMS disagrees")
-            if record.check != "sigstore":
+            if not must_sign:
                 continue
             bundle = _read_text(locate(rel + BUNDLE_SUFFIX))
             if bundle is None:
@@ -278,6 +301,30 @@ class TreeAudit:
             if entry.name == "release-notes-index.json":
                 continue
             self.problem(rel, "unexpected", "not a release directory or a marker")
+
+
+COMPANION_SUFFIXES = (*catalog.SIDECAR_DIGESTS, *catalog.SIGNATURE_SIDECARS, BUNDLE_SUFFIX)
+
+
+def is_companion(rel: str, primaries: Mapping[str, str]) -> bool:
+    """A SUMS file, a SUMS sidecar, or a sidecar/signature/bundle of a primary file."""
+    if rel in catalog.SUMS_FILES:
+        return True
+    for suffix in COMPANION_SUFFIXES:
+        if rel.endswith(suffix):
+            base = rel[: -len(suffix)]
+            if base in primaries:
+                return True
+            if base in catalog.SUMS_FILES and suffix in catalog.SIDECAR_DIGESTS:
+                return True
+    return False
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes() if path.stat().st_size < 1 << 22 else None
+    except OSError:
+        return None
 
 
 def _read_text(path: Path) -> str | None:

@@ -320,6 +320,12 @@ def unmatched_components(selection: Selection, releases: Iterable[Iterable[RelPa
     return [c for c in selection.components if c not in seen]
 
 
+def unmatched_platforms(selection: Selection, releases: Iterable[Iterable[RelPath]]) -> list[str]:
+    """Platforms in the selection that no file of any selected release is built for."""
+    seen = {classify(relpath).platform for paths in releases for relpath in paths}
+    return [p for p in selection.platforms if p != "*" and p not in seen]
+
+
 def valid_component_name(name: str) -> bool:
     return _COMPONENT_RE.match(name) is not None
 

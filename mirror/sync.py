@@ -270,17 +270,21 @@ class SyncRun:
                 releases.append(await self._plan_release(fetcher, version))
             except MirrorError as exc:
                 failures.append(Failure(f"release/{version}", failure_kind(exc), str(exc)))
-        if not failures and self.selection.components:
-            unmatched = catalog.unmatched_components(
-                self.selection, (r.all_paths for r in releases)
-            )
-            if unmatched:
-                raise ConfigError(
-                    [
-                        f"select.components: {c!r} matches no file of the selected releases"
-                        for c in unmatched
-                    ]
+        if not failures and releases:
+            # A typo would otherwise select nothing and "succeed" with an empty release.
+            problems = [
+                f"select.components: {c!r} matches no file of the selected releases"
+                for c in catalog.unmatched_components(
+                    self.selection, (r.all_paths for r in releases)
                 )
+            ] + [
+                f"select.platforms: {p!r} matches no file of the selected releases"
+                for p in catalog.unmatched_platforms(
+                    self.selection, (r.all_paths for r in releases)
+                )
+            ]
+            if problems:
+                raise ConfigError(problems)
         plan = Plan(markers, releases, failures)
         for failure in failures:
             self._record_failure(failure)

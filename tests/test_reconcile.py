@@ -118,11 +118,10 @@ async def test_prune_guard_trips_when_upstream_suddenly_lists_nothing(env: Env) 
     env.tree.add_release("v1.34.3", platforms=["linux/amd64"])
     sums = env.tree.files["release/v1.34.3/SHA256SUMS"].decode().split("\n")
     sums512 = env.tree.files["release/v1.34.3/SHA512SUMS"].decode().split("\n")
-    env.tree.set_sums_text("v1.34.3", next(s for s in sums if s.endswith("kubernetes.tar.gz")))
+    keep = ("  kubernetes.tar.gz", "  bin/linux/amd64/kubectl")
+    env.tree.set_sums_text("v1.34.3", "\n".join(s for s in sums if s.endswith(keep)))
     env.tree.set_sums_text(
-        "v1.34.3",
-        next(s for s in sums512 if s.endswith("kubernetes.tar.gz")),
-        which="SHA512SUMS",
+        "v1.34.3", "\n".join(s for s in sums512 if s.endswith(keep)), which="SHA512SUMS"
     )
     env.tree.set_marker("stable", "v1.34.3")
     result = await env.cli("sync", "--config", str(env.config_path), "--no-progress")

@@ -71,3 +71,13 @@ async def test_dry_run_shows_the_plan_and_changes_nothing(env: Env) -> None:
     assert "  fetch bin/linux/arm64/kubectl" in plan.stdout
     assert env.listing() == before
     assert env.release_gets() == []  # sizes come from HEAD requests
+
+
+async def test_selection_matching_nothing_is_a_config_error(env: Env) -> None:
+    for flag, value in (("--platform", "linux/sparc"), ("--component", "kubeclt")):
+        result = await env.cli(
+            "sync", "--config", str(env.config_path), "--no-progress", flag, value
+        )
+        assert result.exit_code == 2, result.stderr
+        assert f"{value!r} matches no file" in result.stderr
+        assert not (env.root / "release/v1.34.2").exists()

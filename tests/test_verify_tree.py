@@ -101,3 +101,65 @@ async def test_verify_with_an_untrusted_root_rejects_every_bundle(env: Env, tmp_
     result = await env.cli("verify", "--root", str(env.root), "--trusted-root", str(other))
     assert result.exit_code == TreeVerifyError.exit_code
     assert result.stdout.count("bad-bundle") == 6
+
+
+async def test_verify_does_not_let_the_manifest_waive_a_signature(env: Env) -> None:
+    """A writer of the tree swaps kubectl, rewrites its sidecars, SUMS and manifest record
+    to 'checksums-only' and deletes its bundle: verify still demands the signature."""
+    import hashlib
+
+    from mirror.store import FileRecord, Store
+
+    await synced_offline(env)
+    evil = b"#!/bin/sh\necho pwned\n"
+    rel = "bin/linux/amd64/kubectl"
+    base = env.root / "release/v1.34.2"
+    (base / rel).write_bytes(evil)
+    d256, d512 = hashlib.sha256(evil).hexdigest(), hashlib.sha512(evil).hexdigest()
+    (base / f"{rel}.sha256").write_text(d256)
+    (base / f"{rel}.sha512").write_text(d512)
+    (base / f"{rel}.sigstore.json").unlink()
+    store = Store(env.root)
+    manifest = store.load_manifest("v1.34.2")
+    for name, digest in (("SHA256SUMS", d256), ("SHA512SUMS", d512)):
+        lines = (base / name).read_text().split("\n")
+        text = "\n".join(
+            f"{digest}  {rel}" if line.endswith(f"  {rel}") else line for line in lines
+        )
+        (base / name).write_text(text)
+        manifest.files[name] = FileRecord(len(text), hashlib.sha256(text.encode()).hexdigest())
+        for algo in ("sha256", "sha512"):
+            side = hashlib.new(algo, text.encode()).hexdigest()
+            (base / f"{name}.{algo}").write_text(side)
+            manifest.files[f"{name}.{algo}"] = FileRecord(
+                len(side), hashlib.sha256(side.encode()).hexdigest()
+            )
+    manifest.files[rel] = FileRecord(len(evil), d256, d512, check="checksums")
+    for suffix, digest in ((".sha256", d256), (".sha512", d512)):
+        manifest.files[rel + suffix] = FileRecord(
+            len(digest), hashlib.sha256(digest.encode()).hexdigest()
+        )
+    del manifest.files[rel + ".sigstore.json"]
+    store.save_manifest(manifest)
+    result = await env.cli("verify", "--root", str(env.root))
+    assert result.exit_code == TreeVerifyError.exit_code
+    assert f"bad-manifest: {BIN}/kubectl: recorded as 'checksums', not 'sigstore'" in result.stdout
+    assert f"bad-bundle: {BIN}/kubectl.sigstore.json: missing" in result.stdout
+
+
+async def test_verify_reports_files_smuggled_into_the_manifest(env: Env) -> None:
+    import hashlib
+
+    from mirror.store import FileRecord, Store
+
+    await synced_offline(env)
+    (env.root / BIN / "helper.sh").write_bytes(b"#!/bin/sh\n")
+    store = Store(env.root)
+    manifest = store.load_manifest("v1.34.2")
+    manifest.files["bin/linux/amd64/helper.sh"] = FileRecord(
+        10, hashlib.sha256(b"#!/bin/sh\n").hexdigest()
+    )
+    store.save_manifest(manifest)
+    result = await env.cli("verify", "--root", str(env.root))
+    assert result.exit_code == TreeVerifyError.exit_code
+    assert f"unexpected: {BIN}/helper.sh" in result.stdout
