@@ -72,6 +72,7 @@ from mirror.layout import (
     TRUST_ROOT_RELPATH,
 )
 from mirror.store import FileRecord, Manifest, Store, fsync_dir, write_atomic
+from mirror.verify import is_embedded_production_root
 
 log = logging.getLogger(__name__)
 
@@ -1224,12 +1225,15 @@ class _Importer:
         elif tree_root.is_file():
             trust, origin = tree_root, "the tree's"
         elif self.set_trust_root is not None:
-            # First import into an empty tree: nothing here is trusted yet.
-            log.warning(
-                "%s has no trust root and none was given: verifying against the one the set "
-                "carries (pass --trusted-root to pin one)",
-                self.root,
-            )
+            # First import into an empty tree: nothing here is trusted yet. A trust root that
+            # travelled with the data proves nothing (whoever forged the set could forge it),
+            # unless it is the public-good root this sigstore-python already carries.
+            if not is_embedded_production_root(self.set_trust_root):
+                raise ConfigError(
+                    f"{self.root} has no trust root yet and the set's is not Sigstore's "
+                    "public-good root: pass the trusted_root.json you trust with --trusted-root",
+                    source=str(self.source),
+                )
             trust, origin = set_root, "the set's"
         else:
             signed = any(

@@ -38,6 +38,7 @@ from sigstore.models import Bundle, ClientTrustConfig, TransparencyLogEntry, Tru
 from sigstore.verify import Verifier
 from sigstore.verify.policy import AnyOf, OIDCIssuer, OIDCIssuerV2, VerificationPolicy
 from sigstore_models.common.v1 import HashAlgorithm, HashOutput, MessageSignature
+from sigstore_models.trustroot import v1 as trustroot_v1
 
 from mirror.config import IdentityConfig
 from mirror.errors import ConfigError, HTTPStatusError, SignatureError
@@ -119,6 +120,17 @@ def load_trust_root(setting: str) -> TrustRoot:
             source="verify.trusted_root",
         ) from None
     return TrustRoot(root, text, str(path))
+
+
+def is_embedded_production_root(json_bytes: bytes) -> bool:
+    """Whether ``json_bytes`` is the Sigstore public-good root this sigstore-python carries
+    (or has cached), compared offline; any doubt is a no."""
+    try:
+        embedded = ClientTrustConfig.production(offline=True).trusted_root._inner.to_json()
+        candidate = TrustedRoot(trustroot_v1.TrustedRoot.from_json(json_bytes))._inner.to_json()
+    except Exception:  # any parse or cache problem means "not provably the same"
+        return False
+    return bool(json.loads(embedded) == json.loads(candidate))
 
 
 # --- identity policy ------------------------------------------------------------------------

@@ -92,3 +92,13 @@ def test_identity_policy_accepts_krel_staging_and_refuses_krel_trust(vector: dic
     )
     with pytest.raises(VerificationError, match="wrong identity"):
         bad.matching(vector["cert"])
+
+
+def test_embedded_production_root_is_recognised_offline() -> None:
+    from mirror.verify import is_embedded_production_root
+    from tests.fakes.sigstore_stack import FakeSigstore
+
+    production = ClientTrustConfig.production(offline=True).trusted_root._inner.to_json()
+    assert is_embedded_production_root(production.encode())
+    assert not is_embedded_production_root(FakeSigstore().trusted_root_json("http://x").encode())
+    assert not is_embedded_production_root(b"{not json")

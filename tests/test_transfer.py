@@ -58,8 +58,22 @@ async def export(env: Env, out: Path, *args: str, root: Path | None = None) -> d
 
 
 async def import_(env: Env, source: Path, dest: Path, *args: str) -> tuple[int, str, str]:
+    """Import as an offline site does: with the trust root it pinned (the fake stack's)."""
+    if "--trusted-root" not in args:
+        args = (*args, "--trusted-root", str(env.trusted_root))
     result = await env.cli("import", str(source), "--root", str(dest), *args)
     return result.exit_code, result.stdout, result.stderr
+
+
+async def test_first_import_refuses_a_trust_root_that_travelled_with_the_set(env: Env) -> None:
+    """Whoever could forge the set could forge the trust root riding along with it."""
+    assert (await env.sync()).exit_code == 0
+    await export(env, env.tmp / "set")
+    dest = env.tmp / "offline"
+    result = await env.cli("import", str(env.tmp / "set"), "--root", str(dest))
+    assert result.exit_code == 2, result.stderr
+    assert "--trusted-root" in result.stderr
+    assert not (dest / "release").exists() or not any((dest / "release").iterdir())
 
 
 def toc_release_files(toc: dict[str, object]) -> set[str]:
