@@ -318,12 +318,18 @@ class Store:
         except OSError as exc:
             raise LocalStoreError(f"{target}: cannot stage: {exc.strerror}") from exc
 
-    def promote_files(self, version: str, relpaths: Iterable[RelPath]) -> None:
-        """Rename staged files into a release already in the tree, in the order given."""
+    def promote_files(
+        self, version: str, relpaths: Iterable[RelPath], *, staged_dir: Path | None = None
+    ) -> None:
+        """Rename staged files into a release already in the tree, in the order given.
+
+        ``staged_dir`` is where they wait (default: the sync's staging area of ``version``).
+        """
         touched: set[Path] = set()
         release = os.path.realpath(self.release_dir(version))
+        source_dir = staged_dir or self.staged_release_dir(version)
         for relpath in relpaths:
-            source = self.staged_path(version, relpath)
+            source = source_dir / relpath
             target = self.tree_path(version, relpath)
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -337,11 +343,14 @@ class Store:
         for directory in touched:
             fsync_dir(directory)
 
-    def promote_release(self, version: str) -> None:
-        """Make a fully staged release visible with one directory rename."""
-        source = self.staged_release_dir(version)
+    def promote_release(self, version: str, *, staged_dir: Path | None = None) -> None:
+        """Make a fully staged release visible with one directory rename (its files were
+        fsynced when staged; its directories are fsynced here, before the rename)."""
+        source = staged_dir or self.staged_release_dir(version)
         target = self.release_dir(version)
         try:
+            for dirpath, _, _ in os.walk(source, topdown=False):
+                fsync_dir(Path(dirpath))
             os.rename(source, target)
             fsync_dir(target.parent)
         except OSError as exc:

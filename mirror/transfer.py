@@ -1331,7 +1331,7 @@ class _Importer:
                 self._add_files(release, staged)
                 self.result.updated_releases.append(version)
             else:
-                self._rename_release(version)
+                self.store.promote_release(version, staged_dir=self.staged_release(version))
                 self.result.new_releases.append(version)
             self.result.files_imported += len(staged)
             self.result.bytes_imported += sum(d[0] for d in staged.values())
@@ -1346,36 +1346,14 @@ class _Importer:
                 self.result.markers_moved[marker] = version
                 log.info("marker %s -> %s", marker, version)
 
-    def _rename_release(self, version: str) -> None:
-        """A release new to the tree appears with one rename, its contents already durable."""
-        source = self.staged_release(version)
-        for dirpath, _, _ in os.walk(source, topdown=False):
-            fsync_dir(Path(dirpath))
-        target = self.store.release_dir(version)
-        try:
-            os.rename(source, target)
-            fsync_dir(target.parent)
-        except OSError as exc:
-            raise LocalStoreError(f"{target}: cannot promote release: {exc.strerror}") from exc
-
     def _add_files(self, release: _Release, staged: Mapping[str, Digests]) -> None:
         """Into a release already in the tree: sidecars and bundles before primary files."""
         order = sorted(staged, key=lambda rel: (release.merged.files[rel].sha512 is not None, rel))
-        touched: set[Path] = set()
-        inside = os.path.realpath(self.store.release_dir(release.version))
-        for rel in order:
-            target = self.store.tree_path(release.version, RelPath(rel))
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                # As Store.promote_files: a planted symlinked directory must not lead outside.
-                if os.path.commonpath([inside, os.path.realpath(target.parent)]) != inside:
-                    raise LocalStoreError(f"{target.parent}: leads outside the tree; refusing")
-                os.replace(self.staged_release(release.version) / rel, target)
-            except OSError as exc:
-                raise LocalStoreError(f"{target}: cannot promote: {exc.strerror}") from exc
-            touched.add(target.parent)
-        for directory in touched:
-            fsync_dir(directory)
+        self.store.promote_files(
+            release.version,
+            [RelPath(rel) for rel in order],
+            staged_dir=self.staged_release(release.version),
+        )
 
     def _complete(self, version: str) -> bool:
         if not self.store.release_in_tree(version):
