@@ -55,6 +55,11 @@ def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         fail(exc)
 
 
+def wait_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--wait SECONDS``: how long to wait for a tree's lock (0: exit 3 at once)."""
+    return click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0, help=help_text)
+
+
 def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("-v", "--verbose", count=True, help="More log output.")(func)
     func = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")(func)
@@ -141,13 +146,7 @@ def main() -> None:
 )
 @config_options
 @click.option("--dry-run", is_flag=True, help="Show the plan; download and change nothing.")
-@click.option(
-    "--wait",
-    "wait_s",
-    type=click.FloatRange(min=0),
-    default=0,
-    help="Wait up to SECONDS for another run's lock instead of exiting at once.",
-)
+@wait_option("Wait up to SECONDS for another run's lock instead of exiting at once.")
 @click.option(
     "--progress/--no-progress",
     default=None,
@@ -445,13 +444,7 @@ def _fetch_config(
 @click.option("--upstream-url", help="Upstream base URL (upstream.url).")
 @click.option("--rekor-url", help="Rekor base URL (verify.rekor_url).")
 @click.option("--trusted-root", help="'production' or a trusted_root.json path.")
-@click.option(
-    "--wait",
-    "wait_s",
-    type=click.FloatRange(min=0),
-    default=0,
-    help="Wait up to SECONDS for the lock of the --output tree.",
-)
+@wait_option("Wait up to SECONDS for the lock of the --output tree.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a tty).")
 @logging_options
 def fetch_command(
@@ -573,13 +566,7 @@ def _echo_export(result: Any, quiet: bool) -> None:
 @click.option(
     "--release", "releases", multiple=True, help="Only this release (repeatable), e.g. v1.34.2."
 )
-@click.option(
-    "--wait",
-    "wait_s",
-    type=click.FloatRange(min=0),
-    default=0,
-    help="Wait up to SECONDS for the tree's lock.",
-)
+@wait_option("Wait up to SECONDS for the tree's lock.")
 @logging_options
 def export_command(
     root: Path,
@@ -630,13 +617,7 @@ def export_command(
     is_flag=True,
     help="Accept releases published before signing began (checksums only).",
 )
-@click.option(
-    "--wait",
-    "wait_s",
-    type=click.FloatRange(min=0),
-    default=0,
-    help="Wait up to SECONDS for the tree's lock.",
-)
+@wait_option("Wait up to SECONDS for the tree's lock.")
 @logging_options
 def import_command(
     source: Path,
