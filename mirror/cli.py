@@ -236,7 +236,10 @@ def status(root: Path | None, config_path: Path | None, as_json: bool) -> None:
     state = read_status(store)
     releases = {}
     for version in store.versions_in_tree():
-        manifest = store.load_manifest(version)
+        try:
+            manifest = store.load_manifest(version)
+        except MirrorError as exc:
+            fail(exc)
         releases[version] = {
             "files": len(manifest.files),
             "bytes": sum(r.size for r in manifest.files.values()),
