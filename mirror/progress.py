@@ -10,11 +10,14 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 log = logging.getLogger("mirror.progress")
 
 THROUGHPUT_EVERY_S = 10.0
+LARGE_FILE_BYTES = 64 << 20
+"""Files that get a progress bar of their own once this much of them has arrived."""
 
 
 class LogProgress:
@@ -31,6 +34,9 @@ class LogProgress:
     def planned(self, files: int, total_bytes: int | None) -> None:
         self.files_total = files
         log.info("plan: %d selected files", files)
+
+    def file_bytes(self, path: str) -> Callable[[int], None]:
+        return self.advance_bytes
 
     def advance_bytes(self, n: int) -> None:
         self.bytes_done += n
@@ -68,6 +74,7 @@ class BarProgress:
         self._tqdm = tqdm
         self.stream = stream or sys.stderr
         self.files: Any = None
+        self.per_file: dict[str, Any] = {}
         self.bytes: Any = tqdm(
             desc="bytes",
             unit="B",
@@ -83,10 +90,34 @@ class BarProgress:
             desc="files", total=files, unit="file", file=self.stream, position=0
         )
 
-    def advance_bytes(self, n: int) -> None:
-        self.bytes.update(n)
+    def file_bytes(self, path: str) -> Callable[[int], None]:
+        """Count into the total; a file that grows large gets a bar of its own."""
+        received = 0
+
+        def advance(n: int) -> None:
+            nonlocal received
+            received += n
+            self.bytes.update(n)
+            bar = self.per_file.get(path)
+            if bar is None and received >= LARGE_FILE_BYTES:
+                bar = self.per_file[path] = self._tqdm(
+                    desc=path.rsplit("/", 1)[-1],
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    file=self.stream,
+                    leave=False,
+                    initial=received - n,
+                )
+            if bar is not None:
+                bar.update(n)
+
+        return advance
 
     def file_done(self, path: str, outcome: str, size_bytes: int) -> None:
+        bar = self.per_file.pop(path, None)
+        if bar is not None:
+            bar.close()
         if self.files is not None:
             self.files.update(1)
             if outcome == "failed":

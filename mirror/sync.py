@@ -58,7 +58,7 @@ class Progress(Protocol):
     """What the CLI shows while a run goes on."""
 
     def planned(self, files: int, total_bytes: int | None) -> None: ...
-    def advance_bytes(self, n: int) -> None: ...
+    def file_bytes(self, path: str) -> Callable[[int], None]: ...
     def file_done(self, path: str, outcome: str, size_bytes: int) -> None: ...
 
 
@@ -66,8 +66,8 @@ class NoProgress:
     def planned(self, files: int, total_bytes: int | None) -> None:
         pass
 
-    def advance_bytes(self, n: int) -> None:
-        pass
+    def file_bytes(self, path: str) -> Callable[[int], None]:
+        return lambda n: None
 
     def file_done(self, path: str, outcome: str, size_bytes: int) -> None:
         pass
@@ -459,7 +459,7 @@ class SyncRun:
                 part,
                 sha256=planned.sha256,
                 sha512=planned.sha512,
-                on_bytes=self.progress.advance_bytes,
+                on_bytes=self.progress.file_bytes(name),
             )
             record = FileRecord(
                 downloaded.size_bytes, planned.sha256, planned.sha512, check="checksums"

@@ -45,7 +45,13 @@ class Env:
     trusted_root: Path
     root: Path
     config_path: Path
+    servers: list[TestServer] = field(default_factory=list)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    async def stop_servers(self) -> None:
+        """Take the fake dl.k8s.io and Rekor off the network (for offline checks)."""
+        for server in self.servers:
+            await server.close()
 
     def write_config(self, **sections: dict[str, Any]) -> Path:
         """Update the settings with ``sections`` (they stick) and rewrite mirror.toml."""
@@ -145,6 +151,7 @@ async def env(
         trusted_root=trusted_root,
         root=tmp_path / "tree",
         config_path=tmp_path / "mirror.toml",
+        servers=[dl_server, rekor_server],
     )
     e.settings = {
         "upstream": {

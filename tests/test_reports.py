@@ -107,3 +107,25 @@ async def test_progress_bars_when_asked(env: Env) -> None:
     result = await env.cli("sync", "--config", str(env.config_path), "--progress")
     assert result.exit_code == 0
     assert "files: 100%" in result.stderr
+
+
+def test_large_files_get_a_bar_of_their_own() -> None:
+    import io
+
+    from mirror.progress import LARGE_FILE_BYTES, BarProgress
+
+    out = io.StringIO()
+    bars = BarProgress(stream=out)
+    bars.planned(2, None)
+    small = bars.file_bytes("release/v1/bin/linux/amd64/kubectl")
+    big = bars.file_bytes("release/v1/kubernetes-server-linux-amd64.tar.gz")
+    small(1000)
+    for _ in range(3):
+        big(LARGE_FILE_BYTES // 2)
+    assert list(bars.per_file) == ["release/v1/kubernetes-server-linux-amd64.tar.gz"]
+    bars.file_done("release/v1/kubernetes-server-linux-amd64.tar.gz", "fetched", 0)
+    bars.file_done("release/v1/bin/linux/amd64/kubectl", "fetched", 1000)
+    bars.close()
+    assert bars.per_file == {}
+    assert "kubernetes-server-linux-amd64.tar.gz" in out.getvalue()
+    assert bars.bytes.n == 1000 + 3 * (LARGE_FILE_BYTES // 2)
