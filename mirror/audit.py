@@ -251,6 +251,9 @@ class TreeAudit:
             for algo, digest in (("sha256", sha256), ("sha512", sha512)):
                 if sums.get(algo, {}).get(rel) != digest:
                     self.problem(prefix + rel, "bad-sidecar", f"{algo.upper()}SUMS disagrees")
+            if rel.endswith(".docker_tag") and _read_text(locate(rel)) != version:
+                # Unsigned upstream: at least it must name this release, not another.
+                self.problem(prefix + rel, "modified", f"does not name {version}")
             if not must_sign:
                 continue
             bundle = _read_text(locate(rel + BUNDLE_SUFFIX))
@@ -258,7 +261,13 @@ class TreeAudit:
                 self.problem(prefix + rel + BUNDLE_SUFFIX, "bad-bundle", "missing")
                 continue
             try:
-                self.checker().check_bundle(prefix + rel, sha256, bundle)
+                self.checker().check_bundle(
+                    prefix + rel,
+                    sha256,
+                    bundle,
+                    sig_text=_read_bytes(locate(rel + ".sig")) or b"",
+                    cert_text=_read_bytes(locate(rel + ".cert")) or b"",
+                )
                 self.result.signatures_checked += 1
             except IntegrityError as exc:
                 self.problem(prefix + rel + BUNDLE_SUFFIX, "bad-bundle", str(exc))

@@ -91,7 +91,7 @@ CHUNK = 1 << 20
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_TRUST_ROOT_BYTES = 16 << 20
 MAX_MARKER_BYTES = 64
-MAX_TOC_BYTES = 256 << 20
+MAX_TOC_BYTES = 16 << 20
 SIDECAR_SUFFIXES = (".sha256", ".sha512", ".sig", ".cert", BUNDLE_SUFFIX)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SIZE_RE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
@@ -1003,7 +1003,9 @@ class _Importer:
         expected = {f.path: f for f in toc.files}
         seen: set[str] = set()
         try:
-            with tarfile.open(fileobj=reader, mode="r|", bufsize=CHUNK) as tar:
+            with tarfile.open(
+                fileobj=reader, mode="r|", bufsize=CHUNK, tarinfo=_BoundedTarInfo
+            ) as tar:
                 self._read_members(tar, expected, seen)
             reader.drain()
         except (MirrorError, tarfile.TarError, EOFError, zlib.error) as exc:
@@ -1026,7 +1028,9 @@ class _Importer:
 
     def run_archive(self) -> None:
         try:
-            with tarfile.open(self.source, mode="r|*", bufsize=CHUNK) as tar:
+            with tarfile.open(
+                self.source, mode="r|*", bufsize=CHUNK, tarinfo=_BoundedTarInfo
+            ) as tar:
                 self._read_members(tar, None, set())
         except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
             raise IntegrityError(f"{self.source}: not a valid tar archive: {exc}") from None
@@ -1442,6 +1446,26 @@ def _by_release(entries: Sequence[Entry]) -> dict[str, dict[str, Entry]]:
         if member.kind == "release-file":
             out.setdefault(member.version, {})[member.relpath] = entry
     return out
+
+
+MAX_TAR_HEADER_BYTES = 1 << 20
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a pax or GNU long-name header's payload into memory before we see the
+    member: a tiny archive could declare gigabytes there. Refuse large ones first."""
+
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        self._refuse_large_header()
+        return super()._proc_pax(tarfile)  # type: ignore[misc, no-any-return]
+
+    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        self._refuse_large_header()
+        return super()._proc_gnulong(tarfile)  # type: ignore[misc, no-any-return]
+
+    def _refuse_large_header(self) -> None:
+        if self.size > MAX_TAR_HEADER_BYTES:
+            raise tarfile.HeaderError(f"extended header of {self.size} bytes; refusing")
 
 
 def _member_type(info: tarfile.TarInfo) -> str:

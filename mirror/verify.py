@@ -367,18 +367,37 @@ class SignatureChecker:
         hashed = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=digest)
         self.verifier.verify_artifact(hashed, bundle, self.policy)
 
-    def check_bundle(self, name: str, sha256_hex: str, bundle_json: str) -> str:
-        """Offline re-verification of a stored bundle; returns the identity it matched."""
+    def check_bundle(
+        self,
+        name: str,
+        sha256_hex: str,
+        bundle_json: str,
+        *,
+        sig_text: bytes | None = None,
+        cert_text: bytes | None = None,
+    ) -> str:
+        """Offline re-verification of a stored bundle; returns the identity it matched.
+
+        ``sig_text``/``cert_text``, the upstream ``.sig``/``.cert`` kept beside the file, must
+        carry the same signature and certificate as the bundle: nothing else vouches for them.
+        """
         try:
             bundle = Bundle.from_json(bundle_json)
             self._verify_bundle(bundle, sha256_hex)
-            return self.identities.matching(bundle.signing_certificate).identity
+            identity = self.identities.matching(bundle.signing_certificate).identity
         except SigstoreError as exc:
             raise SignatureError(f"{name}: bundle rejected: {_first_line(exc)}") from None
         except Exception as exc:
             raise SignatureError(
                 f"{name}: bundle unreadable ({exc.__class__.__name__}: {_first_line(exc)})"
             ) from None
+        if sig_text is not None and _decode_signature(name, sig_text)[1] != bundle.signature:
+            raise SignatureError(f"{name}.sig: not the signature in the verified bundle")
+        if cert_text is not None and _decode_certificate(name, cert_text)[1] != (
+            bundle.signing_certificate
+        ):
+            raise SignatureError(f"{name}.cert: not the certificate in the verified bundle")
+        return identity
 
 
 def _json(name: str, raw: bytes) -> Any:

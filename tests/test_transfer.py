@@ -439,3 +439,26 @@ async def test_since_a_future_date_carries_no_release_file(env: Env) -> None:
     assert result.releases == {} and result.incremental
     toc = json.loads((env.tmp / "delta/toc.json").read_text())
     assert toc_release_files(toc) == set() and toc["markers"] == {"stable": "v1.34.2"}
+
+
+async def test_archive_with_a_huge_pax_header_is_refused_before_it_is_read(env: Env) -> None:
+    """A small .tar.gz may declare a gigantic pax header; tarfile would buffer it whole."""
+    import gzip
+    import tarfile as tarlib
+
+    size = 64 << 20
+    header = tarlib.TarInfo("././@PaxHeader")
+    header.type = tarlib.XHDTYPE
+    header.size = size
+    bomb = env.tmp / "bomb.tar.gz"
+    with gzip.open(bomb, "wb") as out:
+        out.write(header.tobuf(format=tarlib.USTAR_FORMAT))
+        zeros = bytes(1 << 20)
+        for _ in range(size >> 20):
+            out.write(zeros)
+    assert bomb.stat().st_size < 1 << 20
+    dest = env.tmp / "offline"
+    code, _, err = await import_(env, bomb, dest)
+    assert code == 5, err
+    assert "extended header" in err
+    assert not (dest / "release").exists() or not any((dest / "release").iterdir())

@@ -161,3 +161,43 @@ async def test_verify_reports_files_smuggled_into_the_manifest(env: Env) -> None
     result = await env.cli("verify", "--root", str(env.root))
     assert result.exit_code == TreeVerifyError.exit_code
     assert f"unexpected: {BIN}/helper.sh" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "expected"),
+    [
+        ("kubectl.sig", None, "kubectl.sig: not the signature in the verified bundle"),
+        ("kubectl.cert", None, "kubectl.cert: not the certificate in the verified bundle"),
+        ("kube-proxy.docker_tag", b"v6.66.6", "kube-proxy.docker_tag: does not name v1.34.2"),
+    ],
+)
+async def test_verify_checks_what_nothing_else_signs(
+    env: Env, name: str, body: bytes | None, expected: str
+) -> None:
+    """Sidecars rewritten together with the manifest (so no digest disagrees) still fail."""
+    import hashlib
+
+    from mirror.store import FileRecord, Store
+
+    env.write_config(select={"components": ["kubectl", "kubeadm", "kube-proxy"]})
+    assert (await env.sync()).exit_code == 0
+    path = env.root / BIN / name
+    if body is None:  # take kubeadm's sidecar of the same kind: valid, but not kubectl's
+        body = (env.root / BIN / name.replace("kubectl", "kubeadm")).read_bytes()
+    path.write_bytes(body)
+    store = Store(env.root)
+    manifest = store.load_manifest("v1.34.2")
+    rel = f"bin/linux/amd64/{name}"
+    old = manifest.files[rel]
+    manifest.files[rel] = FileRecord(
+        len(body), hashlib.sha256(body).hexdigest(), old.sha512, old.check
+    )
+    if name.endswith(".docker_tag"):  # keep sidecars and SUMS consistent with the forgery
+        d256, d512 = hashlib.sha256(body).hexdigest(), hashlib.sha512(body).hexdigest()
+        manifest.files[rel] = FileRecord(len(body), d256, d512, old.check)
+        (path.parent / (name + ".sha256")).write_text(d256)
+        (path.parent / (name + ".sha512")).write_text(d512)
+    store.save_manifest(manifest)
+    result = await env.cli("verify", "--root", str(env.root))
+    assert result.exit_code == TreeVerifyError.exit_code
+    assert expected in result.stdout, result.stdout
