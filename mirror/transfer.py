@@ -84,6 +84,9 @@ PART_RE = re.compile(r"^part-\d{4,}\.tar$")
 DEFAULT_MAX_PART_SIZE = 4 << 30
 MIN_PART_SIZE = 1024
 MANIFEST_PREFIX = f"{STATE_DIR_NAME}/manifests/"
+ARCHIVE_END = f"{STATE_DIR_NAME}/archive-end.json"
+"""Last member of a ``fetch --archive`` file: every member before it, with size and sha256.
+A tar stream cut at a member boundary still reads as a whole archive; this record does not."""
 IMPORT_STAGING_PREFIX = "import-"
 ARCHIVE_SUFFIXES = {".tar": "", ".tar.gz": "gz", ".tgz": "gz", ".tar.xz": "xz", ".txz": "xz"}
 
@@ -189,7 +192,7 @@ class Member:
 
     name: str
     kind: str
-    """``release-file``, ``manifest``, ``marker`` or ``trust-root``."""
+    """``release-file``, ``manifest``, ``marker``, ``trust-root`` or ``archive-end``."""
     version: str = ""
     relpath: str = ""
     """Path inside the release (``release-file``) or the marker's name (``marker``)."""
@@ -197,6 +200,8 @@ class Member:
 
 def classify_member(name: str) -> Member:
     """Which file of a tree ``name`` is; ``UnsafePathError`` for anything a tree cannot hold."""
+    if name == ARCHIVE_END:
+        return Member(name, "archive-end")
     if name.startswith(MANIFEST_PREFIX):
         stem = name[len(MANIFEST_PREFIX) :].removesuffix(".json")
         if name.endswith(".json") and catalog.is_version(stem):
@@ -712,6 +717,8 @@ def write_archive(root: Path, archive: Path, work: Path) -> ExportResult:
                     # Compression and writing run on the worker, reading and hashing here.
                     writer = _TarWriter(_Deferred(compressor or raw, background))
                     exporter.write(writer)
+                    end = {"format": 1, "members": [e.to_json() for e in writer.files]}
+                    writer.add_bytes(ARCHIVE_END, json.dumps(end).encode(), time.time())
                     writer.close()
                     background.wait()
                 finally:
@@ -973,6 +980,9 @@ class _Importer:
         self.markers: dict[str, str] = {}
         self.member_manifests: dict[str, Manifest] = {}
         self.member_markers: dict[str, str] = {}
+        self.archive_end: bytes | None = None
+        self.member_digests: dict[str, tuple[int, str]] = {}
+        self.skipped_members: set[str] = set()
         self.set_trust_root: bytes | None = None
         self.result = ImportResult(source)
         self.background = _Background()
@@ -1036,6 +1046,7 @@ class _Importer:
             raise IntegrityError(f"{self.source}: not a valid tar archive: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"{self.source}: {exc.strerror or exc}", source="import") from None
+        self._check_archive_end()
         files: dict[str, dict[str, Entry]] = {}
         for version, digests in self.digests.items():
             if version not in self.member_manifests:
@@ -1050,6 +1061,32 @@ class _Importer:
             needed = self.releases[version].needed
             for rel in [r for r in digests if r not in needed]:
                 del digests[rel]
+
+    def _check_archive_end(self) -> None:
+        """The end record must list exactly the members read, with their sizes and digests
+        (members not needed here were only sized; their digests are checked when staged)."""
+        if self.archive_end is None:
+            raise IntegrityError(
+                f"{self.source}: no end record: the archive is truncated or not from "
+                "k8s-mirror fetch --archive"
+            )
+        try:
+            listed = {
+                item["path"]: (int(item["size"]), str(item["sha256"]))
+                for item in json.loads(self.archive_end)["members"]
+            }
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"{self.source}: unreadable end record: {exc}") from None
+        read = set(self.member_digests) | self.skipped_members
+        if set(listed) != read:
+            missing = sorted(set(listed) - read)
+            raise IntegrityError(
+                f"{self.source}: archive incomplete: {len(missing)} listed member(s) missing, "
+                f"e.g. {missing[0] if missing else sorted(read - set(listed))[0]}"
+            )
+        for name, (size, sha256) in self.member_digests.items():
+            if listed[name] != (size, sha256):
+                raise IntegrityError(f"{name}: differs from the archive's end record")
 
     # -- planning against the tree -----------------------------------------------------------
 
@@ -1139,9 +1176,17 @@ class _Importer:
                     raise IntegrityError(
                         f"{info.name}: {info.size} bytes in the parts, toc.json says {entry.size}"
                     )
+            if self.archive_end is not None:
+                raise IntegrityError(f"{self.source}: member {info.name} after the end record")
             sha256 = self._take(tar, info, member)
             if entry is not None and sha256 is not None and sha256 != entry.sha256:
                 raise IntegrityError(f"{info.name}: content differs from toc.json")
+            if member.kind == "archive-end":
+                continue
+            if sha256 is None:
+                self.skipped_members.add(info.name)
+            else:
+                self.member_digests[info.name] = (info.size, sha256)
 
     def _take(self, tar: tarfile.TarFile, info: tarfile.TarInfo, member: Member) -> str | None:
         """Keep one member (in memory or staged); None if not needed (then its bytes are
@@ -1157,6 +1202,7 @@ class _Importer:
             "manifest": MAX_MANIFEST_BYTES,
             "marker": MAX_MARKER_BYTES,
             "trust-root": MAX_TRUST_ROOT_BYTES,
+            "archive-end": MAX_TOC_BYTES,
         }[member.kind]
         if info.size > limit:
             raise IntegrityError(f"{info.name}: {info.size} bytes is implausibly large")
@@ -1169,6 +1215,8 @@ class _Importer:
             self.member_manifests[member.version] = _manifest_from(
                 info.name, member.version, parsed
             )
+        elif member.kind == "archive-end":
+            self.archive_end = data
         elif member.kind == "marker":
             text = data.decode("ascii", "replace")
             self.member_markers[member.relpath] = catalog.parse_marker_body(

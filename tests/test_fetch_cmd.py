@@ -97,7 +97,11 @@ async def test_fetch_to_an_archive_then_unpack_or_import_and_verify(env: Env, su
         names = tar.getnames()
         assert all(m.isreg() for m in tar.getmembers())
     state = sorted(n for n in names if n.startswith(".k8s-mirror"))
-    assert state == [".k8s-mirror/manifests/v1.33.6.json", ".k8s-mirror/manifests/v1.34.2.json"]
+    assert state == [
+        ".k8s-mirror/archive-end.json",
+        ".k8s-mirror/manifests/v1.33.6.json",
+        ".k8s-mirror/manifests/v1.34.2.json",
+    ]
     assert {"release/stable.txt", "release/stable-1.33.txt"} <= set(names)
 
     # Untarred into an empty directory, it is a tree `verify` passes, with no network.
@@ -156,3 +160,25 @@ async def test_fetch_rejects_bad_invocations_before_downloading(env: Env) -> Non
         assert result.exit_code == ConfigError.exit_code, (extra, result.stderr)
         assert message in result.stderr, result.stderr
     assert env.dl.requests() == []
+
+
+async def test_archive_cut_at_a_member_boundary_is_refused(env: Env) -> None:
+    """tar reads a stream cut between members as a whole, smaller archive; we must not."""
+    archive = env.tmp / "k8s.tar"
+    result = await env.cli(
+        "fetch", "stable", "stable-1.33", "--archive", str(archive),
+        "--config", str(env.config_path), "--no-progress",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+    second_manifest = next(m for m in members if m.name.endswith("manifests/v1.34.2.json"))
+    cut = env.tmp / "cut.tar"
+    cut.write_bytes(archive.read_bytes()[: second_manifest.offset] + bytes(1024))
+    dest = env.tmp / "offline"
+    result = await env.cli(
+        "import", str(cut), "--root", str(dest), "--trusted-root", str(env.trusted_root)
+    )
+    assert result.exit_code == 5, result.stderr
+    assert "truncated" in result.stderr
+    assert not (dest / "release/v1.33.6").exists()
