@@ -139,6 +139,22 @@ def parse_marker_body(name: str, body: str) -> Version:
         ) from None
 
 
+def marker_series_problem(name: str, version: Version) -> str | None:
+    """Why marker ``name`` cannot name ``version`` (``stable-1.33`` -> ``v1.34.2``, ``stable``
+    -> a pre-release), or None. A hostile upstream or set must not redirect a series."""
+    match = _MARKER_RE.match(name)
+    if match is None:
+        return f"{name!r} is not a marker name"
+    kind, major, minor = match.groups()
+    if kind == "stable" and version.pre is not None:
+        return f"{name} names the pre-release {version}"
+    if major is not None and int(major) != version.major:
+        return f"{name} names {version}, outside its series"
+    if minor is not None and int(minor) != version.minor:
+        return f"{name} names {version}, outside its series"
+    return None
+
+
 def is_signed_release(version: Version) -> bool:
     """Kubernetes started signing release files with v1.26.0-rc.1."""
     return version >= FIRST_SIGNED_VERSION

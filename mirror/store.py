@@ -31,7 +31,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mirror.catalog import RelPath, marker_path
+from mirror.catalog import (
+    RelPath,
+    Version,
+    is_version,
+    marker_path,
+    marker_series_problem,
+)
 from mirror.errors import LocalStoreError, LockHeldError
 from mirror.layout import RELEASE_DIR_NAME, state_dir
 
@@ -370,6 +376,18 @@ class Store:
             return (self.root / marker_path(name)).read_text().strip()
         except OSError:
             return None
+
+    def marker_move_problem(self, name: str, version: str) -> str | None:
+        """Why marker ``name`` must not be moved to ``version``: outside its series, or
+        backwards from what the tree has (a downgrade upstream never does); None if fine."""
+        target = Version.parse(version)
+        problem = marker_series_problem(name, target)
+        if problem is not None:
+            return problem
+        current = self.read_marker(name)
+        if current and is_version(current) and target < Version.parse(current):
+            return f"{name} would move back from {current} to {version}"
+        return None
 
     def write_marker(self, name: str, version: str) -> None:
         write_atomic(self.root / marker_path(name), version.encode(), tmp_dir=self.tmp)

@@ -591,9 +591,16 @@ class SyncRun:
             if version not in complete:
                 log.warning("marker %s not moved: release/%s is not complete", marker, version)
                 continue
-            if self.store.read_marker(marker) != version:
-                await self._in_thread(self.store.write_marker, marker, version)
-                log.info("marker %s -> %s", marker, version)
+            if self.store.read_marker(marker) == version:
+                continue
+            problem = self.store.marker_move_problem(marker, version)
+            if problem is not None:
+                path = str(catalog.marker_path(marker))
+                self._record_failure(Failure(path, "integrity", f"not moved: {problem}"))
+                log.error("%s: not moved: %s", path, problem)
+                continue
+            await self._in_thread(self.store.write_marker, marker, version)
+            log.info("marker %s -> %s", marker, version)
 
     # -- after a fully successful run -------------------------------------------------------
 

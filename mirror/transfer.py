@@ -1393,10 +1393,16 @@ class _Importer:
                 log.warning("marker %s not moved: release/%s is not complete here", marker, version)
                 self.result.markers_skipped[marker] = version
                 continue
-            if self.store.read_marker(marker) != version:
-                self.store.write_marker(marker, version)
-                self.result.markers_moved[marker] = version
-                log.info("marker %s -> %s", marker, version)
+            if self.store.read_marker(marker) == version:
+                continue
+            problem = self.store.marker_move_problem(marker, version)
+            if problem is not None:
+                log.warning("marker %s not moved: %s", marker, problem)
+                self.result.markers_skipped[marker] = version
+                continue
+            self.store.write_marker(marker, version)
+            self.result.markers_moved[marker] = version
+            log.info("marker %s -> %s", marker, version)
 
     def _add_files(self, release: _Release, staged: Mapping[str, Digests]) -> None:
         """Into a release already in the tree: sidecars and bundles before primary files."""

@@ -137,3 +137,20 @@ def test_selection_and_plan_cross_check_both_sums() -> None:
     del s512[RelPath("kubernetes.tar.gz")]
     with pytest.raises(SumsFormatError, match="list different files"):
         catalog.plan_release(v, s256, s512, Selection(("*",), ()), verify_signatures=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "ok"),
+    [
+        ("stable", "v1.34.2", True),
+        ("stable", "v1.35.0-rc.1", False),
+        ("latest", "v1.35.0-rc.1", True),
+        ("stable-1", "v1.34.2", True),
+        ("stable-1", "v2.0.0", False),
+        ("stable-1.33", "v1.33.6", True),
+        ("stable-1.33", "v1.34.2", False),
+        ("latest-1.34", "v1.34.0-beta.1", True),
+    ],
+)
+def test_marker_series(name: str, version: str, ok: bool) -> None:
+    assert (catalog.marker_series_problem(name, Version.parse(version)) is None) is ok

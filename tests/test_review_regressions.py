@@ -112,3 +112,17 @@ async def test_a_marker_that_does_not_resolve_holds_back_nothing_else(env: Env) 
     assert "release/stable-1.31.txt" in result.stderr
     assert (env.root / KUBECTL).is_file()
     assert (env.root / "release/stable.txt").read_text() == "v1.34.2"
+
+
+async def test_markers_never_move_backwards_or_out_of_their_series(env: Env) -> None:
+    env.write_config(select={"versions": ["stable", "stable-1.33"]})
+    assert (await env.sync()).exit_code == 0
+    # A hostile (or broken) upstream rolls stable back and points stable-1.33 at 1.34.
+    env.tree.set_marker("stable", "v1.33.6")
+    env.tree.set_marker("stable-1.33", "v1.34.2")
+    result = await env.cli("sync", "--config", str(env.config_path), "--no-progress")
+    assert result.exit_code == 5, result.stderr
+    assert "stable would move back from v1.34.2 to v1.33.6" in result.stderr
+    assert "stable-1.33 names v1.34.2, outside its series" in result.stderr
+    assert (env.root / "release/stable.txt").read_text() == "v1.34.2"
+    assert (env.root / "release/stable-1.33.txt").read_text() == "v1.33.6"
