@@ -1196,6 +1196,15 @@ class _Importer:
             if release is not None and member.relpath not in release.needed:
                 return None
             record = release.carried.files.get(member.relpath) if release else None
+            if release is None:
+                # An archive (no toc): its manifest precedes its files, so nothing unlisted or
+                # of another size is written to disk before the checks can refuse it.
+                manifest = self.member_manifests.get(member.version)
+                record = manifest.files.get(member.relpath) if manifest else None
+                if record is None or record.size != info.size:
+                    raise IntegrityError(
+                        f"{info.name}: not in a manifest that precedes it, or of another size"
+                    )
             want_sha512 = record is None or record.sha512 is not None
             return self._stage(tar, info, member, want_sha512)
         limit = {

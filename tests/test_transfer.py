@@ -462,3 +462,22 @@ async def test_archive_with_a_huge_pax_header_is_refused_before_it_is_read(env: 
     assert code == 5, err
     assert "extended header" in err
     assert not (dest / "release").exists() or not any((dest / "release").iterdir())
+
+
+async def test_archive_files_without_a_preceding_manifest_are_not_written(env: Env) -> None:
+    """Otherwise a small compressed archive could fill the root's disk before any check."""
+    import io
+    import tarfile as tarlib
+
+    bomb = env.tmp / "bomb.tar"
+    with tarlib.open(bomb, "w") as tar:
+        data = bytes(1 << 20)
+        info = tarlib.TarInfo("release/v1.34.2/bin/linux/amd64/kubectl")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    dest = env.tmp / "offline"
+    code, _, err = await import_(env, bomb, dest)
+    assert code == 5, err
+    assert "not in a manifest that precedes it" in err
+    staged = dest / ".k8s-mirror/staging"
+    assert not staged.exists() or not any(p.is_file() for p in staged.rglob("*"))
