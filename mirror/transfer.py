@@ -66,7 +66,6 @@ from mirror.errors import (
     UnsafePathError,
 )
 from mirror.layout import (
-    BUNDLE_SUFFIX,
     RELEASE_DIR_NAME,
     STATE_DIR_NAME,
     TRUST_ROOT_RELPATH,
@@ -95,7 +94,6 @@ MAX_MANIFEST_BYTES = 64 << 20
 MAX_TRUST_ROOT_BYTES = 16 << 20
 MAX_MARKER_BYTES = 64
 MAX_TOC_BYTES = 16 << 20
-SIDECAR_SUFFIXES = (".sha256", ".sha512", ".sig", ".cert", BUNDLE_SUFFIX)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SIZE_RE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
 
