@@ -127,6 +127,31 @@ def load(config_path: Path | None, **flags: Any) -> Config:
         fail(exc)
 
 
+def tree_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--root`` and ``--config`` of the commands that read an existing tree."""
+    func = click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Take tree.root (unless --root) and verify.identities from this config "
+        "(default: ./mirror.toml if it exists).",
+    )(func)
+    return click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None)(
+        func
+    )
+
+
+def tree_config(root: Path | None, config_path: Path | None) -> Config:
+    """The config a tree command uses: the one given, else ./mirror.toml when no --root
+    says where the tree is, else the defaults."""
+    default = Path("mirror.toml")
+    if config_path is None and root is None and default.is_file():
+        config_path = default
+    return load(config_path)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="k8s-mirror")
 def main() -> None:
@@ -218,20 +243,11 @@ def print_summary(report: RunReport, *, quiet: bool) -> None:
 
 
 @main.command()
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None)
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Read tree.root from this config (when --root is not given).",
-)
+@tree_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(root: Path | None, config_path: Path | None, as_json: bool) -> None:
     """Summarise the tree and the last runs."""
-    if root is None:
-        root = load(config_path or Path("mirror.toml")).tree.root
+    root = root or tree_config(root, config_path).tree.root
     store = Store(root)
     state = read_status(store)
     releases = {}
@@ -274,15 +290,7 @@ def status(root: Path | None, config_path: Path | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None)
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Take tree.root and verify.identities from this config.",
-)
+@tree_options
 @click.option(
     "--release", "releases", multiple=True, help="Only this release (repeatable), e.g. v1.34.2."
 )
@@ -307,10 +315,7 @@ def verify(
     from mirror.audit import TreeAudit
 
     setup_logging(verbose=verbose, quiet=quiet, fmt=log_format)
-    default_config = Path("mirror.toml")
-    if config_path is None and root is None and default_config.is_file():
-        config_path = default_config
-    config = load(config_path)
+    config = tree_config(root, config_path)
     audit = TreeAudit(
         root or config.tree.root,
         config.verify.identities,

@@ -95,6 +95,19 @@ class Env:
         return [r.key for r in self.dl.requests() if r.key.count("/") >= 2]
 
 
+def expected_listing(version: str, platform: str, names: tuple[str, ...]) -> list[str]:
+    """Served files a sync of ``names`` for one platform of a signed release produces."""
+    files = []
+    for name in names:
+        base = f"release/{version}/bin/{platform}/{name}"
+        files += [base] + [
+            base + s for s in (".sha256", ".sha512", ".sig", ".cert", ".sigstore.json")
+        ]
+    for sums in ("SHA256SUMS", "SHA512SUMS"):
+        files += [f"release/{version}/{sums}{s}" for s in ("", ".sha256", ".sha512")]
+    return files
+
+
 def _toml(data: dict[str, dict[str, Any]]) -> str:
     def value(v: Any) -> str:
         if isinstance(v, bool):

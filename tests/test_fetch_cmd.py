@@ -12,22 +12,10 @@ from pathlib import Path
 import pytest
 
 from mirror.errors import ConfigError, SignatureError
-from tests.conftest import Env
+from tests.conftest import Env, expected_listing
 
 KUBE3 = ("kubectl", "kubeadm", "kubelet")
 WRONG_IDENTITY = "krel-trust@k8s-releng-prod.iam.gserviceaccount.com"
-
-
-def expected_listing(version: str, platform: str, names: tuple[str, ...]) -> list[str]:
-    files = []
-    for name in names:
-        base = f"release/{version}/bin/{platform}/{name}"
-        files += [base] + [
-            base + s for s in (".sha256", ".sha512", ".sig", ".cert", ".sigstore.json")
-        ]
-    for sums in ("SHA256SUMS", "SHA512SUMS"):
-        files += [f"release/{version}/{sums}{s}" for s in ("", ".sha256", ".sha512")]
-    return files
 
 
 def tree_digests(root: Path) -> list[tuple[str, str]]:

@@ -4,21 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import Env
+from tests.conftest import Env, expected_listing
 
 KUBE3 = ("kubectl", "kubeadm", "kubelet")
-
-
-def expected_listing(version: str, platform: str, names: tuple[str, ...]) -> list[str]:
-    files = []
-    for name in names:
-        base = f"release/{version}/bin/{platform}/{name}"
-        files += [base] + [
-            base + s for s in (".sha256", ".sha512", ".sig", ".cert", ".sigstore.json")
-        ]
-    for sums in ("SHA256SUMS", "SHA512SUMS"):
-        files += [f"release/{version}/{sums}{s}" for s in ("", ".sha256", ".sha512")]
-    return files
 
 
 async def test_fresh_sync_produces_exact_tree_and_markers(env: Env) -> None:
