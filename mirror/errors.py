@@ -9,7 +9,9 @@ OSError from the disk) are translated where they enter: ``upstream.py``, ``verif
     ├── ConfigError                  2  mirror.toml or a flag is wrong
     ├── LockHeldError                3  another run holds the tree's lock
     ├── UpstreamError                4  dl.k8s.io or Rekor unreachable / HTTP error after retries
-    │   └── HTTPStatusError             a non-retryable or exhausted HTTP status
+    │   ├── HTTPStatusError             a non-retryable or exhausted HTTP status
+    │   └── TransientError              worth another attempt (only seen inside the retry loop)
+    │       └── RetryableStatusError    408/429/5xx, with the server's Retry-After
     ├── IntegrityError               5  a file, SUMS line, sidecar or signature did not verify
     │   ├── UnsafePathError             a path from the network that would leave the tree
     │   ├── SumsFormatError             a malformed SHA256SUMS/SHA512SUMS line
@@ -68,6 +70,22 @@ class HTTPStatusError(UpstreamError):
         self.url = url
         self.status = status
         super().__init__(message or f"{url}: HTTP {status}")
+
+
+class TransientError(UpstreamError):
+    """A failure that another attempt may not hit; ``retry_after_s`` is the server's hint."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RetryableStatusError(TransientError, HTTPStatusError):
+    """408/429/5xx: the server asked us to come back later."""
+
+    def __init__(self, url: str, status: int, retry_after_s: float | None) -> None:
+        HTTPStatusError.__init__(self, url, status)
+        self.retry_after_s = retry_after_s
 
 
 class IntegrityError(MirrorError):

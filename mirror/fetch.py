@@ -16,21 +16,25 @@ is held across retries, so a struggling server gets no more connections than con
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import json
-import os
 import random
 import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 from mirror.config import UpstreamConfig
-from mirror.errors import DigestMismatchError, HTTPStatusError, IntegrityError, LocalStoreError
-from mirror.upstream import TransientError, Upstream, raise_for_status, sleep_s
+from mirror.digest import Digests, HashingWriter
+from mirror.errors import (
+    DigestMismatchError,
+    HTTPStatusError,
+    IntegrityError,
+    LocalStoreError,
+    TransientError,
+)
+from mirror.upstream import Upstream, raise_for_status, sleep_s
 
 CHUNK_BYTES = 1 << 20
 SMALL_BODY_MAX_BYTES = 4 << 20
@@ -72,56 +76,6 @@ class Downloaded:
     sha512: str
     resumed_from_bytes: int
     attempts: int
-
-
-class _HashingWriter:
-    """Writes and hashes one file; every method runs in a worker thread, never on the loop."""
-
-    def __init__(self, path: Path, offset: int) -> None:
-        self.path = path
-        self.sha256 = hashlib.sha256()
-        self.sha512 = hashlib.sha512()
-        self.size = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file: BinaryIO
-        if offset:
-            # Resuming: the prefix we already have must enter the digests too.
-            self.file = open(path, "r+b")  # noqa: SIM115 - closed in finish()/close()
-            while self.size < offset:
-                block = self.file.read(min(CHUNK_BYTES, offset - self.size))
-                if not block:
-                    break
-                self.write_hash_only(block)
-            self.file.seek(self.size)
-            self.file.truncate()
-        else:
-            self.file = open(path, "wb")  # noqa: SIM115
-
-    def write_hash_only(self, chunk: bytes) -> None:
-        self.sha256.update(chunk)
-        self.sha512.update(chunk)
-        self.size += len(chunk)
-
-    def write(self, chunk: bytes) -> None:
-        try:
-            self.file.write(chunk)
-        except OSError as exc:
-            raise LocalStoreError(f"{self.path}: cannot write: {exc.strerror}") from exc
-        self.write_hash_only(chunk)
-
-    def finish(self) -> tuple[int, str, str]:
-        try:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-        except OSError as exc:
-            raise LocalStoreError(f"{self.path}: cannot write: {exc.strerror}") from exc
-        return self.size, self.sha256.hexdigest(), self.sha512.hexdigest()
-
-    def close(self) -> None:
-        """Best effort: on an error path, a failing flush must not hide the first error."""
-        with contextlib.suppress(OSError):
-            self.file.close()
 
 
 def _meta_path(part: Path) -> Path:
@@ -283,9 +237,9 @@ class Fetcher:
                 if _unsatisfied_length(response.headers.get("Content-Range")) == offset:
                     # The partial is already whole (a run was killed after the last byte):
                     # hash what is on disk; the digest check decides whether it is usable.
-                    writer = await loop.run_in_executor(self.executor, _HashingWriter, part, offset)
-                    size, sha256, sha512 = await loop.run_in_executor(self.executor, writer.finish)
-                    return Downloaded(part, size, sha256, sha512, offset, 1)
+                    writer = await loop.run_in_executor(self.executor, HashingWriter, part, offset)
+                    digests = await loop.run_in_executor(self.executor, writer.finish)
+                    return _downloaded(part, digests, offset)
                 await loop.run_in_executor(self.executor, discard_partial, part)
                 raise TransientError(f"{url}: server refused to resume at byte {offset}")
             raise_for_status(url, response)
@@ -313,20 +267,20 @@ class Fetcher:
             writer = await loop.run_in_executor(self.executor, _open_writer, part, offset, meta)
             try:
                 await self._pump(url, response, writer, on_bytes)
-                size, sha256, sha512 = await loop.run_in_executor(self.executor, writer.finish)
+                digests = await loop.run_in_executor(self.executor, writer.finish)
             except BaseException:
                 writer.close()  # keeps what was written, for resume
                 raise
-        if total >= 0 and size != total:
-            raise TransientError(f"{url}: got {size} of {total} bytes")
-        return Downloaded(part, size, sha256, sha512, offset, 1)
+        if total >= 0 and digests.size_bytes != total:
+            raise TransientError(f"{url}: got {digests.size_bytes} of {total} bytes")
+        return _downloaded(part, digests, offset)
 
     async def _pump(
-        self, url: str, response: Any, writer: _HashingWriter, on_bytes: ProgressFn | None
+        self, url: str, response: Any, writer: HashingWriter, on_bytes: ProgressFn | None
     ) -> None:
         loop = asyncio.get_running_loop()
         pending: asyncio.Future[None] | None = None
-        received = writer.size
+        received = writer.size_bytes
         try:
             async for chunk in response.content.iter_chunked(CHUNK_BYTES):
                 received += len(chunk)
@@ -342,13 +296,20 @@ class Fetcher:
                 await asyncio.shield(pending)
 
 
-def _open_writer(part: Path, offset: int, meta: dict[str, Any]) -> _HashingWriter:
+def _open_writer(part: Path, offset: int, meta: dict[str, Any]) -> HashingWriter:
     try:
-        writer = _HashingWriter(part, offset)
+        writer = HashingWriter(part, offset)
         _meta_path(part).write_text(json.dumps(meta))
     except OSError as exc:
         raise LocalStoreError(f"{part}: cannot write: {exc.strerror}") from exc
     return writer
+
+
+def _downloaded(part: Path, digests: Digests, resumed_from_bytes: int) -> Downloaded:
+    assert digests.sha512 is not None  # downloads always compute both
+    return Downloaded(
+        part, digests.size_bytes, digests.sha256, digests.sha512, resumed_from_bytes, 1
+    )
 
 
 def _unsatisfied_length(value: str | None) -> int | None:

@@ -22,27 +22,17 @@ import aiohttp
 
 from mirror import __version__
 from mirror.config import UpstreamConfig
-from mirror.errors import HTTPStatusError, IntegrityError, MirrorError, UpstreamError
+from mirror.errors import (
+    HTTPStatusError,
+    IntegrityError,
+    MirrorError,
+    RetryableStatusError,
+    TransientError,
+)
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_AFTER_CAP_S = 300.0
 USER_AGENT = f"k8s-mirror/{__version__}"
-
-
-class TransientError(UpstreamError):
-    """A failure that another attempt may not hit; ``retry_after_s`` is the server's hint."""
-
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class RetryableStatusError(TransientError, HTTPStatusError):
-    """408/429/5xx: the server asked us to come back later."""
-
-    def __init__(self, url: str, status: int, retry_after_s: float | None) -> None:
-        HTTPStatusError.__init__(self, url, status)
-        self.retry_after_s = retry_after_s
 
 
 def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float | None:

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
+from mirror.errors import TransientError
 from mirror.fetch import RetryPolicy, _parse_content_range
-from mirror.upstream import RETRY_AFTER_CAP_S, TransientError, parse_retry_after
+from mirror.upstream import RETRY_AFTER_CAP_S, parse_retry_after
 
 
 def test_backoff_is_capped_exponential_with_full_jitter() -> None:
