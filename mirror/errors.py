@@ -23,6 +23,10 @@ OSError from the disk) are translated where they enter: ``upstream.py``, ``verif
     └── PruneGuardError              8  pruning would delete more than the configured guard allows
 
 Interrupted runs (Ctrl-C, SIGTERM) exit 130 and are recorded as failed.
+
+Each branch also has a ``kind`` (``config``, ``upstream``, ``integrity``, ``local``, ...): a
+run records its failures by kind and path, and ``outcome.conclude`` derives the run's exit code
+from those kinds alone.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class MirrorError(Exception):
     """Base of every error k8s-mirror reports; ``exit_code`` is what the CLI exits with."""
 
     exit_code = 1
+    kind = "internal"
     hint: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
@@ -44,6 +49,7 @@ class ConfigError(MirrorError):
     """The configuration file or a command-line flag is invalid."""
 
     exit_code = 2
+    kind = "config"
 
     def __init__(self, problems: list[str] | str, *, source: str = "config") -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
@@ -55,12 +61,14 @@ class LockHeldError(MirrorError):
     """Another k8s-mirror run holds the tree's lock."""
 
     exit_code = 3
+    kind = "lock"
 
 
 class UpstreamError(MirrorError):
     """A network failure talking to dl.k8s.io or Rekor, after retries."""
 
     exit_code = 4
+    kind = "upstream"
 
 
 class HTTPStatusError(UpstreamError):
@@ -92,6 +100,7 @@ class IntegrityError(MirrorError):
     """Something downloaded did not verify; it was not promoted."""
 
     exit_code = 5
+    kind = "integrity"
 
 
 class UnsafePathError(IntegrityError):
@@ -118,18 +127,21 @@ class PartialSyncError(MirrorError):
     """The run finished, but some selected files could not be fetched."""
 
     exit_code = 6
+    kind = "partial"
 
 
 class LocalStoreError(MirrorError):
     """The local tree or its state directory cannot be written or read."""
 
     exit_code = 7
+    kind = "local"
 
 
 class PruneGuardError(MirrorError):
     """Pruning was refused because it would delete more than the configured guard allows."""
 
     exit_code = 8
+    kind = "prune-guard"
 
 
 EXIT_INTERRUPTED = 130

@@ -16,16 +16,12 @@ deleted; a file leaves before the manifest forgets it, so the manifest stays a s
 from __future__ import annotations
 
 import os
-import shutil
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from mirror import catalog
-from mirror.catalog import RelPath
 from mirror.config import TreeConfig
 from mirror.errors import LocalStoreError, PruneGuardError
-from mirror.store import Manifest, Store, fsync_dir
+from mirror.store import Store
 
 
 @dataclass
@@ -50,9 +46,7 @@ def plan_prune(
     are the selected markers as this run leaves them (a dry run has not moved them yet)."""
     plan = PrunePlan()
     marker_targets = set(markers.values()) | {
-        store.read_marker(name)
-        for entry in sorted((store.root / "release").glob("*.txt"))
-        if catalog.is_marker(name := entry.name.removesuffix(".txt")) and name not in markers
+        target for name, target in store.markers().items() if name not in markers
     }
     for version in store.versions_in_tree():
         manifest = store.load_manifest(version)
@@ -89,39 +83,13 @@ def check_guard(plan: PrunePlan, config: TreeConfig) -> None:
 def execute_prune(store: Store, plan: PrunePlan) -> None:
     """(blocking) Carry out a plan that passed the guard."""
     try:
-        trash = store.state / "trash"
-        trash.mkdir(parents=True, exist_ok=True)
         for version in plan.releases:
-            graveyard = trash / f"{version}-{time.time_ns()}"
-            os.rename(store.release_dir(version), graveyard)
-            fsync_dir(store.root / "release")
-            store.manifest_path(version).unlink(missing_ok=True)
-            shutil.rmtree(graveyard)
+            store.remove_release(version)
         for version, paths in plan.files.items():
-            manifest: Manifest = store.load_manifest(version)
-            touched = set()
-            for rel in paths:
-                target = store.tree_path(version, RelPath(rel))
-                target.unlink(missing_ok=True)
-                touched.add(target.parent)
-            for directory in touched:
-                _remove_empty_dirs(directory, store.release_dir(version))
-            for rel in paths:
-                manifest.files.pop(rel, None)
-            store.save_manifest(manifest)
+            store.remove_files(version, paths)
     except OSError as exc:
         raise LocalStoreError(f"prune: {exc.filename}: {exc.strerror}") from exc
 
 
 def _count_files(store: Store, version: str) -> int:
     return sum(len(files) for _, _, files in os.walk(store.release_dir(version)))
-
-
-def _remove_empty_dirs(directory: os.PathLike[str], stop: os.PathLike[str]) -> None:
-    current = os.fspath(directory)
-    while os.path.abspath(current) != os.path.abspath(stop):
-        try:
-            os.rmdir(current)
-        except OSError:
-            return
-        current = os.path.dirname(current)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mirror.errors import MirrorError
 from mirror.store import Store, write_atomic
 
 REPORT_FORMAT = 1
@@ -27,10 +28,21 @@ def _iso(ts: float | None) -> str | None:
 
 @dataclass
 class Failure:
+    """One thing a run could not do: the path it concerns, why, and the kind of error."""
+
     path: str
     kind: str
-    """``integrity``, ``upstream``, ``local`` or ``config``."""
+    """The error's ``kind``: ``integrity``, ``upstream``, ``local``, ``config`` or
+    ``internal`` (an unexpected exception: a bug)."""
     reason: str
+    release: str | None = None
+    """The release the path belongs to, if any (its completeness depends on this)."""
+
+    @classmethod
+    def of(cls, exc: BaseException, path: str, release: str | None = None) -> Failure:
+        if isinstance(exc, MirrorError):
+            return cls(path, exc.kind, str(exc), release)
+        return cls(path, "internal", f"unexpected {exc!r}", release)
 
 
 @dataclass
@@ -40,7 +52,8 @@ class RunReport:
     finished_at: float | None = None
     dry_run: bool = False
     outcome: str = "running"
-    """``success``, ``partial``, ``failed`` or ``interrupted``."""
+    """``success``, ``partial`` (some files could not be fetched), ``integrity`` (some did not
+    verify), ``failed`` or ``interrupted``."""
     exit_code: int | None = None
     error: str | None = None
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)

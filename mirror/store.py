@@ -1,6 +1,10 @@
-"""The local tree on disk: lock, staging, atomic promotion, manifests, markers.
+"""The local tree on disk: lock, staging, atomic promotion, manifests, markers, trust root.
 
-Invariants kept here (DESIGN.md §3):
+The only module that renames anything into the served tree. Sync and import are two sources
+of verified files; both hand them to ``Store.add_files`` (a release already in the tree) or
+``Store.promote_release`` (a release new to the tree), then ``Store.move_markers``.
+
+Invariants kept here:
 
 - A file reaches a served path only by ``rename`` from ``<root>/.k8s-mirror/staging`` (same
   filesystem), with the data fsynced before and the directory fsynced after.
@@ -25,75 +29,39 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mirror.catalog import (
     RelPath,
     Version,
+    is_marker,
     is_version,
     marker_path,
     marker_series_problem,
 )
 from mirror.errors import LocalStoreError, LockHeldError
-from mirror.layout import RELEASE_DIR_NAME, state_dir
+from mirror.layout import RELEASE_DIR_NAME, TRUST_ROOT_RELPATH, state_dir
+from mirror.manifest import FileRecord, Manifest, promotion_order
 
-MANIFEST_FORMAT = 1
+__all__ = ["FileRecord", "Manifest", "MarkerMoves", "Store", "fsync_dir", "write_atomic"]
 
-
-@dataclass(frozen=True)
-class FileRecord:
-    """What was verified about one file of a release, and how."""
-
-    size: int
-    sha256: str
-    sha512: str | None = None
-    check: str = "digest"
-    """``sigstore`` (signature verified), ``checksums`` (primary, unsigned), ``digest`` (sidecar,
-    SUMS or bundle file, covered by the primary's record)."""
-    identity: str | None = None
-    log_index: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FileRecord:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+MARKER_MAX_BYTES = 64
+TRUST_ROOT_MAX_BYTES = 16 << 20
 
 
 @dataclass
-class Manifest:
-    """Every file of one release in the tree (paths relative to ``release/<version>/``)."""
+class MarkerMoves:
+    """What ``Store.move_markers`` did with each marker it was asked to move."""
 
-    version: str
-    files: dict[str, FileRecord] = field(default_factory=dict)
-    updated_at: float = 0.0
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "format": MANIFEST_FORMAT,
-                "version": self.version,
-                "updated_at": self.updated_at,
-                "files": {p: r.to_json() for p, r in sorted(self.files.items())},
-            },
-            indent=1,
-        )
-
-    @classmethod
-    def from_json(cls, text: str, source: str) -> Manifest:
-        try:
-            data = json.loads(text)
-            if data.get("format") != MANIFEST_FORMAT:
-                raise ValueError(f"unknown format {data.get('format')!r}")
-            files = {p: FileRecord.from_json(r) for p, r in data["files"].items()}
-            return cls(str(data["version"]), files, float(data.get("updated_at", 0)))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise LocalStoreError(f"{source}: unreadable manifest: {exc}") from None
+    moved: dict[str, str] = field(default_factory=dict)
+    unchanged: dict[str, str] = field(default_factory=dict)
+    incomplete: dict[str, str] = field(default_factory=dict)
+    """Not moved: the release it would name is not complete in the tree."""
+    refused: dict[str, str] = field(default_factory=dict)
+    """Not moved, with why: outside its series or backwards."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -245,7 +213,7 @@ class Store:
     def load_manifest(self, version: str) -> Manifest:
         path = self.manifest_path(version)
         try:
-            text = path.read_text()
+            text = path.read_bytes()
         except FileNotFoundError:
             return Manifest(version)
         except OSError as exc:
@@ -324,35 +292,40 @@ class Store:
         except OSError as exc:
             raise LocalStoreError(f"{target}: cannot stage: {exc.strerror}") from exc
 
-    def promote_files(
-        self, version: str, relpaths: Iterable[RelPath], *, staged_dir: Path | None = None
-    ) -> None:
-        """Rename staged files into a release already in the tree, in the order given.
+    def add_files(
+        self, manifest: Manifest, records: Mapping[str, FileRecord], staged_dir: Path
+    ) -> Manifest:
+        """Add verified files waiting in ``staged_dir`` to a release already in the tree.
 
-        ``staged_dir`` is where they wait (default: the sync's staging area of ``version``).
+        The manifest grows first (it is always a superset of what is visible), then the files
+        are renamed in, companions before the primaries they vouch for. Returns the new
+        manifest.
         """
+        grown = manifest.merged(records)
+        self.save_manifest(grown)
         touched: set[Path] = set()
-        release = os.path.realpath(self.release_dir(version))
-        source_dir = staged_dir or self.staged_release_dir(version)
-        for relpath in relpaths:
-            source = source_dir / relpath
-            target = self.tree_path(version, relpath)
+        release = os.path.realpath(self.release_dir(manifest.version))
+        for relpath in promotion_order(records):
+            target = self.tree_path(manifest.version, relpath)
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 # A planted symlinked directory inside the release must not lead outside it.
                 if os.path.commonpath([release, os.path.realpath(target.parent)]) != release:
                     raise LocalStoreError(f"{target.parent}: leads outside the tree; refusing")
-                os.replace(source, target)
+                os.replace(staged_dir / relpath, target)
             except OSError as exc:
                 raise LocalStoreError(f"{target}: cannot promote: {exc.strerror}") from exc
             touched.add(target.parent)
         for directory in touched:
             fsync_dir(directory)
+        return grown
 
-    def promote_release(self, version: str, *, staged_dir: Path | None = None) -> None:
-        """Make a fully staged release visible with one directory rename (its files were
-        fsynced when staged; its directories are fsynced here, before the rename)."""
-        source = staged_dir or self.staged_release_dir(version)
+    def promote_release(self, manifest: Manifest, staged_dir: Path) -> None:
+        """Make a fully staged release visible with one directory rename, its manifest
+        first (its files were fsynced when staged; its directories are fsynced here)."""
+        version = manifest.version
+        self.save_manifest(manifest)
+        source = staged_dir
         target = self.release_dir(version)
         try:
             for dirpath, _, _ in os.walk(source, topdown=False):
@@ -363,19 +336,68 @@ class Store:
             raise LocalStoreError(f"{target}: cannot promote release: {exc.strerror}") from exc
         self.journal_path(version).unlink(missing_ok=True)
 
+    def clear_staging_except(self, keep: set[str]) -> None:
+        """Drop staging and partial files of every release not in ``keep``."""
+        for area in (self.staging, self.partial):
+            if not area.is_dir():
+                continue
+            for entry in area.iterdir():
+                name = entry.name.removesuffix(".journal")
+                if (entry.is_dir() or entry.name.endswith(".journal")) and name not in keep:
+                    self.clear_staging(name)
+
     def clear_staging(self, version: str) -> None:
         """Drop the (now empty or promoted) staging area of a release."""
         shutil.rmtree(self.staged_release_dir(version), ignore_errors=True)
         self.journal_path(version).unlink(missing_ok=True)
         shutil.rmtree(self.partial / version, ignore_errors=True)
 
+    # -- removal (prune) ---------------------------------------------------------------------
+
+    def remove_release(self, version: str) -> None:
+        """Take a release out of the served tree with one rename, then delete it."""
+        trash = self.state / "trash"
+        trash.mkdir(parents=True, exist_ok=True)
+        graveyard = trash / f"{version}-{time.time_ns()}"
+        os.rename(self.release_dir(version), graveyard)
+        fsync_dir(self.root / RELEASE_DIR_NAME)
+        self.manifest_path(version).unlink(missing_ok=True)
+        shutil.rmtree(graveyard)
+
+    def remove_files(self, version: str, paths: Iterable[str]) -> None:
+        """Delete files of a release; the manifest forgets them only after they are gone."""
+        manifest = self.load_manifest(version)
+        touched = set()
+        for rel in paths:
+            target = self.tree_path(version, RelPath(rel))
+            target.unlink(missing_ok=True)
+            touched.add(target.parent)
+        for directory in touched:
+            _remove_empty_dirs(directory, self.release_dir(version))
+        for rel in paths:
+            manifest.files.pop(rel, None)
+        self.save_manifest(manifest)
+
     # -- markers and other tree files --------------------------------------------------------
 
     def read_marker(self, name: str) -> str | None:
         try:
-            return (self.root / marker_path(name)).read_text().strip()
-        except OSError:
+            with open(self.root / marker_path(name), "rb") as handle:
+                return handle.read(MARKER_MAX_BYTES + 1).decode("ascii").strip()
+        except (OSError, UnicodeDecodeError):
             return None
+
+    def markers(self) -> dict[str, str]:
+        """Every marker file in the tree and the version it names (as written, unchecked)."""
+        base = self.root / RELEASE_DIR_NAME
+        if not base.is_dir():
+            return {}
+        found = {}
+        for entry in sorted(base.glob("*.txt")):
+            name = entry.name.removesuffix(".txt")
+            if is_marker(name) and entry.is_file() and not entry.is_symlink():
+                found[name] = self.read_marker(name) or ""
+        return found
 
     def marker_move_problem(self, name: str, version: str) -> str | None:
         """Why marker ``name`` must not be moved to ``version``: outside its series, or
@@ -389,12 +411,51 @@ class Store:
             return f"{name} would move back from {current} to {version}"
         return None
 
-    def write_marker(self, name: str, version: str) -> None:
-        write_atomic(self.root / marker_path(name), version.encode(), tmp_dir=self.tmp)
+    def move_markers(
+        self, wanted: Mapping[str, str], complete: Callable[[str], bool]
+    ) -> MarkerMoves:
+        """The last step of a run: point each marker at its version, but only at a release
+        ``complete`` says is whole in the tree, and never outside its series or backwards."""
+        moves = MarkerMoves()
+        for name, version in sorted(wanted.items()):
+            if not complete(version):
+                moves.incomplete[name] = version
+            elif self.read_marker(name) == version:
+                moves.unchanged[name] = version
+            elif (problem := self.marker_move_problem(name, version)) is not None:
+                moves.refused[name] = problem
+            else:
+                write_atomic(self.root / marker_path(name), version.encode(), tmp_dir=self.tmp)
+                moves.moved[name] = version
+        return moves
 
-    def write_tree_file(self, relpath: RelPath, data: bytes) -> None:
-        """A file of the tree outside any release (the trust root), written atomically."""
-        write_atomic(self.root / relpath, data, tmp_dir=self.tmp)
+    def release_complete(self, version: str) -> bool:
+        """In the tree, with a manifest whose every file is on disk at its recorded size."""
+        if not self.release_in_tree(version):
+            return False
+        manifest = self.load_manifest(version)
+        return bool(manifest.files) and all(self.present(manifest, p) for p in manifest.files)
+
+    # -- the trust root ----------------------------------------------------------------------
+
+    @property
+    def trust_root_path(self) -> Path:
+        return self.root / TRUST_ROOT_RELPATH
+
+    def trust_root(self) -> bytes | None:
+        """The trust root the tree's bundles were verified against, if it has one."""
+        try:
+            with open(self.trust_root_path, "rb") as handle:
+                return handle.read(TRUST_ROOT_MAX_BYTES)
+        except OSError:
+            return None
+
+    def write_trust_root(self, data: bytes) -> bool:
+        """Store the trust root (before any bundle that needs it); False if unchanged."""
+        if self.trust_root() == data:
+            return False
+        write_atomic(self.trust_root_path, data, tmp_dir=self.tmp)
+        return True
 
 
 def refuse_symlink(path: Path) -> None:
@@ -407,3 +468,13 @@ def _size_or_none(path: Path) -> int | None:
         return path.stat().st_size
     except OSError:
         return None
+
+
+def _remove_empty_dirs(directory: Path, stop: Path) -> None:
+    current = os.fspath(directory)
+    while os.path.abspath(current) != os.path.abspath(stop):
+        try:
+            os.rmdir(current)
+        except OSError:
+            return
+        current = os.path.dirname(current)

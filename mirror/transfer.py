@@ -53,15 +53,16 @@ from pathlib import Path
 from typing import IO, Any, NoReturn, Protocol
 
 from mirror import __version__, catalog
-from mirror.audit import Digests, TreeAudit
+from mirror.audit import TreeAudit, read_small
 from mirror.catalog import RelPath, Version
+from mirror.check import check_release, check_signing_policy
 from mirror.config import IdentityConfig
+from mirror.digest import Digests
 from mirror.errors import (
     ConfigError,
     IntegrityError,
     LocalStoreError,
     MirrorError,
-    SignatureError,
     TreeVerifyError,
     UnsafePathError,
 )
@@ -1001,6 +1002,10 @@ class _Importer:
 
         return where
 
+    def reader(self, version: str) -> Callable[[str], bytes | None]:
+        locate = self.locate(version)
+        return lambda rel: read_small(locate(rel))
+
     # -- driver ------------------------------------------------------------------------------
 
     def run_toc(self, toc: Toc) -> None:
@@ -1051,7 +1056,7 @@ class _Importer:
                 raise IntegrityError(
                     f"{self.source}: carries files of release/{version} but not its manifest"
                 )
-            files[version] = {rel: Entry(rel, d[0], d[1]) for rel, d in digests.items()}
+            files[version] = {rel: Entry(rel, d.size_bytes, d.sha256) for rel, d in digests.items()}
         self.markers = dict(self.member_markers)
         self._plan(self.member_manifests, files)
         # Files identical to what the tree already has are not promoted again.
@@ -1264,10 +1269,8 @@ class _Importer:
         if size != info.size:
             raise IntegrityError(f"{info.name}: truncated in the stream")
         digest = sha256.hexdigest()
-        self.digests.setdefault(member.version, {})[member.relpath] = (
-            size,
-            digest,
-            sha512.hexdigest() if sha512 is not None else None,
+        self.digests.setdefault(member.version, {})[member.relpath] = Digests(
+            size, digest, sha512.hexdigest() if sha512 is not None else None
         )
         return digest
 
@@ -1320,10 +1323,21 @@ class _Importer:
                 continue
             self._check_policy(audit, release)
             normalised = {
-                rel: (d[0], d[1], d[2] if release.merged.files[rel].sha512 is not None else None)
+                rel: Digests(
+                    d.size_bytes,
+                    d.sha256,
+                    d.sha512 if release.merged.files[rel].sha512 is not None else None,
+                )
                 for rel, d in digests.items()
             }
-            audit.check_files(version, release.merged, normalised, self.locate(version))
+            check_release(
+                version,
+                release.merged,
+                normalised,
+                self.reader(version),
+                audit,
+                audit.result,
+            )
         problems = audit.result.problems
         if problems:
             for problem in problems:
@@ -1359,15 +1373,13 @@ class _Importer:
         its bundle checked; nothing outside the SUMS and their companions rides along), as
         ``verify`` does for a tree."""
         version = release.version
-        signed = catalog.is_signed_release(Version.parse(version))
-        if not signed and not self.allow_unsigned:
-            raise SignatureError(
-                f"release/{version}: published before Kubernetes began signing releases "
-                "(v1.26.0-rc.1); its files cannot be signature-checked",
-                hint="to import it with checksum verification only, pass --allow-unsigned",
-            )
+        check_signing_policy(
+            [version],
+            allow_unsigned=self.allow_unsigned,
+            hint="to import it with checksum verification only, pass --allow-unsigned",
+        )
         if _small_text(self.locate(version)("SHA256SUMS")) is None:
-            audit.problem(
+            audit.result.add(
                 f"release/{version}/SHA256SUMS", "missing", "neither in the set nor the tree"
             )
 
@@ -1377,54 +1389,33 @@ class _Importer:
         """Trust root first (bundles need it), then releases, then markers."""
         if trust is not None and origin != "the tree's":
             data = trust.read_bytes()
-            current = self.root / TRUST_ROOT_RELPATH
-            if not current.is_file() or current.read_bytes() != data:
-                self.store.write_tree_file(RelPath(TRUST_ROOT_RELPATH), data)
+            if self.store.write_trust_root(data):
                 self.result.trust_root_written = True
         for version, release in self.releases.items():
             staged = self.digests.get(version, {})
             if not staged:
                 continue
-            self.store.save_manifest(release.merged)
             if release.in_root:
-                self._add_files(release, staged)
+                records = {rel: release.merged.files[rel] for rel in staged}
+                base = self.store.load_manifest(version)
+                self.store.add_files(base, records, self.staged_release(version))
                 self.result.updated_releases.append(version)
             else:
-                self.store.promote_release(version, staged_dir=self.staged_release(version))
+                self.store.promote_release(release.merged, self.staged_release(version))
                 self.result.new_releases.append(version)
             self.result.files_imported += len(staged)
-            self.result.bytes_imported += sum(d[0] for d in staged.values())
+            self.result.bytes_imported += sum(d.size_bytes for d in staged.values())
             log.info("release/%s: %d files imported", version, len(staged))
-        for marker, version in sorted(self.markers.items()):
-            if not self._complete(version):
-                log.warning("marker %s not moved: release/%s is not complete here", marker, version)
-                self.result.markers_skipped[marker] = version
-                continue
-            if self.store.read_marker(marker) == version:
-                continue
-            problem = self.store.marker_move_problem(marker, version)
-            if problem is not None:
-                log.warning("marker %s not moved: %s", marker, problem)
-                self.result.markers_skipped[marker] = version
-                continue
-            self.store.write_marker(marker, version)
+        moves = self.store.move_markers(self.markers, self.store.release_complete)
+        for marker, version in moves.incomplete.items():
+            log.warning("marker %s not moved: release/%s is not complete here", marker, version)
+            self.result.markers_skipped[marker] = version
+        for marker, problem in moves.refused.items():
+            log.warning("marker %s not moved: %s", marker, problem)
+            self.result.markers_skipped[marker] = self.markers[marker]
+        for marker, version in moves.moved.items():
             self.result.markers_moved[marker] = version
             log.info("marker %s -> %s", marker, version)
-
-    def _add_files(self, release: _Release, staged: Mapping[str, Digests]) -> None:
-        """Into a release already in the tree: sidecars and bundles before primary files."""
-        order = sorted(staged, key=lambda rel: (release.merged.files[rel].sha512 is not None, rel))
-        self.store.promote_files(
-            release.version,
-            [RelPath(rel) for rel in order],
-            staged_dir=self.staged_release(release.version),
-        )
-
-    def _complete(self, version: str) -> bool:
-        if not self.store.release_in_tree(version):
-            return False
-        manifest = self.store.load_manifest(version)
-        return bool(manifest.files) and all(self.store.present(manifest, p) for p in manifest.files)
 
 
 def import_set(

@@ -1,0 +1,134 @@
+"""What the tree records about each release: file records, manifests, and which files are
+companions of which primary file.
+
+A release's manifest (``.k8s-mirror/manifests/<version>.json``) lists every file of the release
+that k8s-mirror verified, with its size and digests and how it was verified. Pure data and
+rules, no I/O: reading and writing manifests is ``store.py``'s job.
+
+A *primary* file is one the release's SHA256SUMS lists. Its *companions* are what upstream
+publishes to vouch for it (``.sha256``/``.sha512`` always, ``.sig``/``.cert`` for signed kinds)
+and the bundle the tree stores for signed files (``.sigstore.json``). The SUMS files and their
+own sidecars are companions of the release as a whole. Companions are made visible before the
+primary they vouch for, so a client that sees a file can also see what verifies it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mirror import catalog
+from mirror.catalog import RelPath
+from mirror.errors import LocalStoreError
+from mirror.layout import BUNDLE_SUFFIX
+
+COMPANION_SUFFIXES = (*catalog.SIDECAR_DIGESTS, *catalog.SIGNATURE_SIDECARS, BUNDLE_SUFFIX)
+
+
+def companions(relpath: RelPath, *, signed: bool) -> tuple[RelPath, ...]:
+    """Every companion a primary file has in the tree, in promotion order."""
+    suffixes: tuple[str, ...] = catalog.SIDECAR_DIGESTS
+    if signed:
+        suffixes += (*catalog.SIGNATURE_SIDECARS, BUNDLE_SUFFIX)
+    return tuple(relpath.child(s) for s in suffixes)
+
+
+def sums_files() -> tuple[RelPath, ...]:
+    """The SUMS files and their digest sidecars, kept with every release."""
+    return tuple(
+        RelPath(name + suffix)
+        for name in catalog.SUMS_FILES
+        for suffix in ("", *catalog.SIDECAR_DIGESTS)
+    )
+
+
+def companion_of(rel: str, primaries: Iterable[str]) -> str | None:
+    """The primary (or SUMS file) ``rel`` vouches for, or None if it vouches for nothing listed.
+
+    A SUMS file is a companion of the release itself (returned as itself).
+    """
+    listed = set(primaries)
+    if rel in catalog.SUMS_FILES:
+        return rel
+    for suffix in COMPANION_SUFFIXES:
+        if rel.endswith(suffix):
+            base = rel[: -len(suffix)]
+            if base in listed:
+                return base
+            if base in catalog.SUMS_FILES and suffix in catalog.SIDECAR_DIGESTS:
+                return base
+    return None
+
+
+def is_companion_name(rel: str) -> bool:
+    """Whether ``rel`` is named like a companion (no primary file of a release is)."""
+    return rel in catalog.SUMS_FILES or rel.endswith(COMPANION_SUFFIXES)
+
+
+def promotion_order(paths: Iterable[str]) -> list[RelPath]:
+    """Companions before the primaries they vouch for; otherwise by path."""
+    return [RelPath(p) for p in sorted(paths, key=lambda p: (not is_companion_name(p), p))]
+
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What was verified about one file of a release, and how."""
+
+    size: int
+    sha256: str
+    sha512: str | None = None
+    check: str = "digest"
+    """``sigstore`` (signature verified), ``checksums`` (primary, unsigned), ``digest`` (sidecar,
+    SUMS or bundle file, covered by the primary's record)."""
+    identity: str | None = None
+    log_index: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileRecord:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class Manifest:
+    """Every file of one release in the tree (paths relative to ``release/<version>/``)."""
+
+    version: str
+    files: dict[str, FileRecord] = field(default_factory=dict)
+    updated_at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": MANIFEST_FORMAT,
+                "version": self.version,
+                "updated_at": self.updated_at,
+                "files": {p: r.to_json() for p, r in sorted(self.files.items())},
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str) -> Manifest:
+        """Parse a manifest file; ``source`` names it in the error."""
+        try:
+            data = json.loads(text)
+            if data.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"unknown format {data.get('format')!r}")
+            files = {p: FileRecord.from_json(r) for p, r in data["files"].items()}
+            return cls(str(data["version"]), files, float(data.get("updated_at", 0)))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            # ValueError covers bytes that are not UTF-8; RecursionError hostile nesting.
+            detail = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise LocalStoreError(f"{source}: unreadable manifest: {detail}") from None
+
+    def merged(self, records: Mapping[str, FileRecord]) -> Manifest:
+        """A copy with ``records`` added (a manifest only ever grows by promotion)."""
+        return Manifest(self.version, {**self.files, **records}, self.updated_at)

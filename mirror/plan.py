@@ -1,0 +1,263 @@
+"""The first phases of a sync: learn what upstream offers, then decide what to fetch.
+
+``determine`` needs the network but writes nothing: it resolves markers to versions and reads
+each release's SHA256SUMS/SHA512SUMS (from the tree when the release is already mirrored,
+else from upstream, each checked against its own sidecars), and checks the selection and the
+signing policy, so a config mistake stops the run before anything is created on disk.
+
+``plan_release`` needs no network: under the run's lock it sorts every selected file of a
+release into present (in the manifest and on disk), staged (verified by an earlier run and
+waiting in staging) or to fetch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from mirror import catalog
+from mirror.catalog import PlannedFile, RelPath, Selection, Version
+from mirror.check import check_signing_policy
+from mirror.digest import digest_bytes
+from mirror.errors import (
+    ConfigError,
+    DigestMismatchError,
+    IntegrityError,
+    MirrorError,
+)
+from mirror.fetch import Fetcher
+from mirror.manifest import FileRecord, Manifest, companions, sums_files
+from mirror.report import Failure
+from mirror.store import Store
+
+T = TypeVar("T")
+InThread = Callable[..., Awaitable[Any]]
+
+SUMS_MAX_BYTES = 2 << 20
+SIDECAR_MAX_BYTES = 256
+MARKER_MAX_BYTES = 64
+UNSIGNED_HINT = (
+    "to mirror them with checksum verification only, "
+    'set [verify] unsigned_releases = "checksums-only"'
+)
+
+
+@dataclass
+class ReleaseIndex:
+    """What upstream (or the tree) says a release contains."""
+
+    version: Version
+    sums256: dict[RelPath, str]
+    sums512: dict[RelPath, str]
+    sums_files: dict[RelPath, bytes]
+    """SUMS files and their sidecars as fetched, to stage with a release new to the tree
+    (empty when they were read from the tree)."""
+
+
+@dataclass
+class Offer:
+    """Everything ``determine`` learnt."""
+
+    markers: dict[str, str]
+    indexes: list[ReleaseIndex]
+    failures: list[Failure]
+
+
+@dataclass
+class ReleasePlan:
+    """One release of this run: its selected files and their state."""
+
+    version: Version
+    in_tree: bool
+    manifest: Manifest
+    files: list[PlannedFile]
+    sums_files: dict[RelPath, bytes]
+    present: list[PlannedFile] = field(default_factory=list)
+    staged: dict[str, FileRecord] = field(default_factory=dict)
+    to_fetch: list[PlannedFile] = field(default_factory=list)
+    failed: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.version.text
+
+    def keep_paths(self) -> list[str]:
+        """Every path of the release this selection keeps (for prune)."""
+        paths = [str(p) for p in sums_files()]
+        for planned in self.files:
+            paths += [planned.relpath, *companions(planned.relpath, signed=planned.signed)]
+        return paths
+
+
+@dataclass
+class Plan:
+    markers: dict[str, str]
+    releases: list[ReleasePlan]
+
+    @property
+    def needs_signatures(self) -> bool:
+        return any(f.signed for r in self.releases for f in r.to_fetch)
+
+
+# -- determine (network, read-only) -----------------------------------------------------------
+
+
+async def determine(
+    versions: Sequence[str],
+    selection: Selection,
+    *,
+    allow_unsigned: bool,
+    store: Store,
+    fetcher: Fetcher,
+    in_thread: InThread,
+) -> Offer:
+    """Resolve markers and read every wanted release's SUMS; raise ``ConfigError`` (or the
+    signing policy's ``SignatureError``) before anything is written."""
+    markers: dict[str, str] = {}
+    wanted: dict[str, Version] = {}
+    failures: list[Failure] = []
+    for entry in versions:
+        if catalog.is_version(entry):
+            wanted[entry] = Version.parse(entry)
+            continue
+        path = str(catalog.marker_path(entry))
+        try:
+            body = await fetcher.text(
+                fetcher.upstream.release_url(path), max_bytes=MARKER_MAX_BYTES
+            )
+            version = catalog.parse_marker_body(entry, body)
+        except MirrorError as exc:
+            # One marker that will not resolve must not hold back the other releases.
+            failures.append(Failure.of(exc, path))
+            continue
+        markers[entry] = version.text
+        wanted[version.text] = version
+    check_signing_policy(wanted, allow_unsigned=allow_unsigned, hint=UNSIGNED_HINT)
+    indexes = []
+    for version in sorted(wanted.values()):
+        try:
+            indexes.append(await _release_index(store, fetcher, version, in_thread))
+        except MirrorError as exc:
+            failures.append(Failure.of(exc, f"release/{version}", version.text))
+    if not failures and indexes:
+        _check_selection(selection, indexes)
+    return Offer(markers, indexes, failures)
+
+
+def _check_selection(selection: Selection, indexes: Sequence[ReleaseIndex]) -> None:
+    """A typo would otherwise select nothing and "succeed" with an empty release."""
+    listed = [list(i.sums256) for i in indexes]
+    problems = [
+        f"select.components: {c!r} matches no file of the selected releases"
+        for c in catalog.unmatched_components(selection, listed)
+    ] + [
+        f"select.platforms: {p!r} matches no file of the selected releases"
+        for p in catalog.unmatched_platforms(selection, listed)
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
+async def _release_index(
+    store: Store, fetcher: Fetcher, version: Version, in_thread: InThread
+) -> ReleaseIndex:
+    name = version.text
+    manifest = await in_thread(store.load_manifest, name)
+    fetched: dict[RelPath, bytes] = {}
+    if store.release_in_tree(name) and all(store.present(manifest, s) for s in catalog.SUMS_FILES):
+        texts = {}
+        for sums_name in catalog.SUMS_FILES:
+            path = store.tree_path(name, RelPath(sums_name))
+            texts[sums_name] = _ascii(
+                await in_thread(path.read_bytes), f"release/{name}/{sums_name}"
+            )
+    else:
+        texts, fetched = await _fetch_sums(fetcher, name)
+    sums256 = catalog.parse_sums(texts["SHA256SUMS"], "sha256", f"release/{name}/SHA256SUMS")
+    sums512 = catalog.parse_sums(texts["SHA512SUMS"], "sha512", f"release/{name}/SHA512SUMS")
+    return ReleaseIndex(version, sums256, sums512, fetched)
+
+
+async def _fetch_sums(
+    fetcher: Fetcher, version: str
+) -> tuple[dict[str, str], dict[RelPath, bytes]]:
+    """Both SUMS files, each checked against its own .sha256/.sha512 sidecars."""
+    texts: dict[str, str] = {}
+    files: dict[RelPath, bytes] = {}
+    for sums_name in catalog.SUMS_FILES:
+        base = f"release/{version}/{sums_name}"
+        body = await fetcher.bytes(fetcher.upstream.release_url(base), max_bytes=SUMS_MAX_BYTES)
+        files[RelPath(sums_name)] = body
+        digests = digest_bytes(body)
+        for algo in ("sha256", "sha512"):
+            side = await fetcher.text(
+                fetcher.upstream.release_url(f"{base}.{algo}"), max_bytes=SIDECAR_MAX_BYTES
+            )
+            expected = catalog.parse_sidecar(side, algo, f"{base}.{algo}")
+            if getattr(digests, algo) != expected:
+                raise DigestMismatchError(f"{base}: does not match {base}.{algo}")
+            files[RelPath(f"{sums_name}.{algo}")] = side.encode()
+        texts[sums_name] = _ascii(body, base)
+    return texts, files
+
+
+def _ascii(body: bytes, source: str) -> str:
+    try:
+        return body.decode("ascii")
+    except UnicodeDecodeError:
+        raise IntegrityError(f"{source}: not ASCII text") from None
+
+
+# -- plan (local, under the lock) -------------------------------------------------------------
+
+
+def plan_release(
+    store: Store, index: ReleaseIndex, selection: Selection, staged: dict[str, FileRecord]
+) -> ReleasePlan:
+    """(worker thread) Sort the selected files of one release by what is still to do.
+
+    ``staged`` is the release's staging journal: files an earlier run verified.
+    """
+    name = index.version.text
+    files = catalog.plan_release(
+        index.version,
+        index.sums256,
+        index.sums512,
+        selection,
+        verify_signatures=catalog.is_signed_release(index.version),
+    )
+    manifest = store.load_manifest(name)
+    plan = ReleasePlan(
+        index.version, store.release_in_tree(name), manifest, files, index.sums_files
+    )
+    for planned in files:
+        if store.present(manifest, planned.relpath):
+            record = manifest.files[planned.relpath]
+            if record.sha256 != planned.sha256:
+                raise IntegrityError(
+                    f"{planned.tree_path}: upstream SUMS changed since it was mirrored "
+                    f"(tree has sha256 {record.sha256[:16]}..., SUMS says "
+                    f"{planned.sha256[:16]}...); refusing to replace a release file"
+                )
+            plan.present.append(planned)
+        elif records := staged_records(planned, staged, lambda p: store.present(manifest, p)):
+            plan.staged.update(records)
+        else:
+            plan.to_fetch.append(planned)
+    return plan
+
+
+def staged_records(
+    planned: PlannedFile, staged: dict[str, FileRecord], in_tree: Callable[[str], bool]
+) -> dict[str, FileRecord]:
+    """The journal records of a verified primary waiting in staging with every companion
+    staged or already promoted (a run killed half way through promoting one file leaves some
+    companions in the tree); empty if it is not usable."""
+    record = staged.get(planned.relpath)
+    needed = companions(planned.relpath, signed=planned.signed)
+    if record is None or record.sha256 != planned.sha256:
+        return {}
+    if not all(p in staged or in_tree(p) for p in needed):
+        return {}
+    return {p: staged[p] for p in (*needed, planned.relpath) if p in staged}
