@@ -235,8 +235,7 @@ def print_summary(report: RunReport, *, quiet: bool) -> None:
         f"failed {report.files_failed} in {report.duration_s:.1f}s"
     )
     if report.exit_code:
-        for failure in report.failures:
-            click.echo(f"k8s-mirror: failed: {failure.path}: {failure.reason}", err=True)
+        # Each failure was already logged once as it happened; this is the verdict.
         click.echo(f"k8s-mirror: error: {line}", err=True)
     elif not quiet:
         click.echo(line)
@@ -261,15 +260,7 @@ def status(root: Path | None, config_path: Path | None, as_json: bool) -> None:
             "bytes": sum(r.size for r in manifest.files.values()),
             "signed": sum(1 for r in manifest.files.values() if r.check == "sigstore"),
         }
-    markers = (
-        {
-            p.stem: p.read_text().strip()
-            for p in sorted((root / "release").glob("*.txt"))
-            if p.is_file()
-        }
-        if (root / "release").is_dir()
-        else {}
-    )
+    markers = store.markers()
     data = {"root": str(root), "releases": releases, "markers": markers, "status": state}
     if as_json:
         click.echo(json.dumps(data, indent=1))

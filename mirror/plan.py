@@ -12,6 +12,7 @@ waiting in staging) or to fetch.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from mirror.fetch import Fetcher
 from mirror.manifest import FileRecord, Manifest, companions, sums_files
 from mirror.report import Failure
 from mirror.store import Store
+from mirror.verify import CERT_MAX_BYTES, SIG_MAX_BYTES
 
 T = TypeVar("T")
 InThread = Callable[..., Awaitable[Any]]
@@ -81,6 +83,16 @@ class ReleasePlan:
     @property
     def name(self) -> str:
         return self.version.text
+
+    def files_to_add(self) -> int:
+        """How many files the tree gains when this release is done."""
+        present = {f.relpath for f in self.present}
+        added = sum(
+            1 + len(companions(f.relpath, signed=f.signed))
+            for f in self.files
+            if f.relpath not in present
+        )
+        return added + (0 if self.in_tree else len(sums_files()))
 
     def keep_paths(self) -> list[str]:
         """Every path of the release this selection keeps (for prune)."""
@@ -202,6 +214,31 @@ async def _fetch_sums(
     return texts, files
 
 
+async def fetch_companions(fetcher: Fetcher, planned: PlannedFile) -> dict[RelPath, bytes]:
+    """A planned file's upstream companions: digest sidecars (checked against SUMS now,
+    before the download) and, for signed kinds, the signature pair."""
+    out: dict[RelPath, bytes] = {}
+    for sidecar in planned.sidecars:
+        url = fetcher.upstream.release_url(f"release/{planned.version}/{sidecar}")
+        suffix = sidecar[len(planned.relpath) :]
+        limit = {".sig": SIG_MAX_BYTES, ".cert": CERT_MAX_BYTES}.get(suffix, SIDECAR_MAX_BYTES)
+        body = await fetcher.bytes(url, max_bytes=limit)
+        if suffix in catalog.SIDECAR_DIGESTS:
+            algo = suffix[1:]
+            try:
+                text = body.decode("ascii")
+            except UnicodeDecodeError:
+                text = ""
+            digest = catalog.parse_sidecar(text, algo, f"release/{planned.version}/{sidecar}")
+            if digest != getattr(planned, algo):
+                raise DigestMismatchError(
+                    f"release/{planned.version}/{sidecar}: disagrees with "
+                    f"{algo.upper()}SUMS for {planned.relpath}"
+                )
+        out[sidecar] = body
+    return out
+
+
 def _ascii(body: bytes, source: str) -> str:
     try:
         return body.decode("ascii")
@@ -261,3 +298,29 @@ def staged_records(
     if not all(p in staged or in_tree(p) for p in needed):
         return {}
     return {p: staged[p] for p in (*needed, planned.relpath) if p in staged}
+
+
+async def dry_run_summary(plan: Plan, fetcher: Fetcher) -> dict[str, dict[str, Any]]:
+    """For ``--dry-run``: per release what is present and what is still to fetch, sized by
+    asking upstream (HEAD) for every file to fetch."""
+    sizes = await asyncio.gather(
+        *(
+            fetcher.content_length(fetcher.upstream.release_url(f.tree_path))
+            for r in plan.releases
+            for f in r.to_fetch
+        )
+    )
+    todo = iter(sizes)
+    summary = {}
+    for release in plan.releases:
+        fetch_bytes = [next(todo) or 0 for _ in release.to_fetch]
+        summary[release.name] = {
+            "in_tree": release.in_tree,
+            "files": len(release.files),
+            "present": len(release.present),
+            "staged": sum(1 for f in release.files if f.relpath in release.staged),
+            "to_fetch": [str(f.relpath) for f in release.to_fetch],
+            "fetch_bytes": sum(fetch_bytes),
+            "present_bytes": sum(release.manifest.files[f.relpath].size for f in release.present),
+        }
+    return summary

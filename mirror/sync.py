@@ -35,7 +35,6 @@ from mirror.config import Config
 from mirror.digest import Digests, digest_bytes
 from mirror.errors import (
     EXIT_INTERRUPTED,
-    DigestMismatchError,
     IntegrityError,
     LocalStoreError,
     LockHeldError,
@@ -44,19 +43,26 @@ from mirror.errors import (
 )
 from mirror.fetch import Fetcher, discard_partial
 from mirror.layout import BUNDLE_SUFFIX
-from mirror.manifest import FileRecord, Manifest, sums_files
+from mirror.manifest import FileRecord, Manifest
 from mirror.outcome import conclude, incomplete_releases
-from mirror.plan import Offer, Plan, ReleasePlan, determine, plan_release, staged_records
+from mirror.plan import (
+    Offer,
+    Plan,
+    ReleasePlan,
+    determine,
+    dry_run_summary,
+    fetch_companions,
+    plan_release,
+    staged_records,
+)
 from mirror.prune import PrunePlan, check_guard, execute_prune, plan_prune
 from mirror.report import Failure, RunReport, prune_reports, write_run_files
 from mirror.store import Store
 from mirror.upstream import Upstream
-from mirror.verify import CERT_MAX_BYTES, SIG_MAX_BYTES, SignatureChecker, load_trust_root
+from mirror.verify import SignatureChecker, load_trust_root
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-SIDECAR_MAX_BYTES = 256
 
 
 class Progress(Protocol):
@@ -215,27 +221,7 @@ class SyncRun:
     async def _dry_run(self, fetcher: Fetcher, offer: Offer) -> None:
         """Plan without the lock and ask upstream how big the files still to fetch are."""
         self.plan = await self._plan(offer)
-        sizes = await asyncio.gather(
-            *(
-                fetcher.content_length(fetcher.upstream.release_url(f.tree_path))
-                for r in self.plan.releases
-                for f in r.to_fetch
-            )
-        )
-        todo = iter(sizes)
-        for release in self.plan.releases:
-            fetch_bytes = [next(todo) or 0 for _ in release.to_fetch]
-            self.report.versions[release.name] = {
-                "in_tree": release.in_tree,
-                "files": len(release.files),
-                "present": len(release.present),
-                "staged": sum(1 for f in release.files if f.relpath in release.staged),
-                "to_fetch": [str(f.relpath) for f in release.to_fetch],
-                "fetch_bytes": sum(fetch_bytes),
-                "present_bytes": sum(
-                    release.manifest.files[f.relpath].size for f in release.present
-                ),
-            }
+        self.report.versions.update(await dry_run_summary(self.plan, fetcher))
         self._conclude()
         if self.config.tree.prune and not self.report.failures:
             prune = await self._in_thread(self._plan_prune)
@@ -319,7 +305,7 @@ class SyncRun:
         already in the tree) promote it. Returns its size."""
         name = str(planned.tree_path)
         part = self.store.partial_path(release.name, planned.relpath)
-        companions = await self._fetch_sidecars(fetcher, planned)
+        companions = await fetch_companions(fetcher, planned)
         downloaded = await fetcher.download(
             fetcher.upstream.release_url(name),
             part,
@@ -382,29 +368,6 @@ class SyncRun:
         result = CheckResult()
         check_primary(release.name, planned.relpath, digests, index, read, self.checker, result)
         raise_first(result)
-
-    async def _fetch_sidecars(self, fetcher: Fetcher, planned: PlannedFile) -> dict[RelPath, bytes]:
-        """Digest sidecars (checked against SUMS now, before the download) and signature pair."""
-        out: dict[RelPath, bytes] = {}
-        for sidecar in planned.sidecars:
-            url = fetcher.upstream.release_url(f"release/{planned.version}/{sidecar}")
-            suffix = sidecar[len(planned.relpath) :]
-            limit = {".sig": SIG_MAX_BYTES, ".cert": CERT_MAX_BYTES}.get(suffix, SIDECAR_MAX_BYTES)
-            body = await fetcher.bytes(url, max_bytes=limit)
-            if suffix in catalog.SIDECAR_DIGESTS:
-                algo = suffix[1:]
-                try:
-                    text = body.decode("ascii")
-                except UnicodeDecodeError:
-                    text = ""
-                digest = catalog.parse_sidecar(text, algo, f"release/{planned.version}/{sidecar}")
-                if digest != getattr(planned, algo):
-                    raise DigestMismatchError(
-                        f"release/{planned.version}/{sidecar}: disagrees with "
-                        f"{algo.upper()}SUMS for {planned.relpath}"
-                    )
-            out[sidecar] = body
-        return out
 
     def _stage(
         self,
@@ -480,15 +443,8 @@ class SyncRun:
         keep = {release.name: release.keep_paths() for release in self.plan.releases}
         plan = plan_prune(self.store, keep, self.plan.markers)
         if self.dry_run:
-            # The guard's share is measured on the tree as the run leaves it: count what the
-            # run would still add.
-            for release in self.plan.releases:
-                present = {f.relpath for f in release.present}
-                plan.tree_file_count += sum(
-                    1 + len(f.sidecars) + (1 if f.signed else 0)
-                    for f in release.files
-                    if f.relpath not in present
-                ) + (0 if release.in_tree else len(sums_files()))
+            # The guard's share is measured on the tree as the run leaves it.
+            plan.tree_file_count += sum(r.files_to_add() for r in self.plan.releases)
         return plan
 
     def _prune(self) -> None:

@@ -69,3 +69,16 @@ async def test_selection_matching_nothing_is_a_config_error(env: Env) -> None:
         assert result.exit_code == 2, result.stderr
         assert f"{value!r} matches no file" in result.stderr
         assert not (env.root / "release/v1.34.2").exists()
+
+
+async def test_config_error_changes_nothing_on_disk(env: Env) -> None:
+    """A selection typo is found before the run creates its tree, state or report."""
+    result = await env.cli("sync", "--config", str(env.config_path), "--component", "kubctl")
+    assert result.exit_code == 2, result.stderr
+    assert not env.root.exists()
+
+    assert (await env.sync()).exit_code == 0
+    before = sorted(str(p.relative_to(env.root)) for p in env.root.rglob("*"))
+    result = await env.cli("sync", "--config", str(env.config_path), "--component", "kubctl")
+    assert result.exit_code == 2, result.stderr
+    assert sorted(str(p.relative_to(env.root)) for p in env.root.rglob("*")) == before
