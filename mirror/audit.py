@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.check import CheckResult, check_release
+from mirror.binding import tags_in
+from mirror.check import Binder, BindingPolicy, CheckResult, check_release
 from mirror.config import IdentityConfig
 from mirror.digest import Digests, digest_file
 from mirror.errors import ConfigError, LocalStoreError, MirrorError
@@ -51,10 +52,12 @@ class TreeAudit:
         releases: Sequence[str] = (),
         resume: bool = False,
         on_release: Callable[[str, int], None] | None = None,
+        binding: BindingPolicy | None = None,
     ) -> None:
         self.store = Store(root)
         self.root = root
         self.identities = identities
+        self.binding = binding or BindingPolicy()
         self.trusted_root_path = trusted_root or root / TRUST_ROOT_RELPATH
         self.only = list(releases)
         self.resume = resume
@@ -150,7 +153,8 @@ class TreeAudit:
 
         hashed = dict(zip(present, pool.map(digests_of, present), strict=True))
         digests = {rel: d for rel, d in hashed.items() if d is not None}
-        check_release(version, manifest, digests, reader(base), self, self.result)
+        binder = Binder(self.binding, None, tags_in(lambda rel: base / rel))
+        check_release(version, manifest, digests, reader(base), self, binder, self.result)
 
     def check_bundle(
         self,

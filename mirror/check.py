@@ -16,6 +16,9 @@ way to read the small companion files; the rules are:
    (``check_record``; for trees and transfer sets, whose manifests are no authority).
 6. Nothing else rides along: every file is a primary of the SUMS or a companion of one, and
    the SUMS files match their own sidecars (``check_release``).
+7. Release binding (``binding.py``): in a signed release, each primary is bound to the
+   release and path it is served under by the release's signed SBOM, whose own signature is
+   checked first.
 
 Problems are collected, not raised, so ``verify`` can list them all; ``sync`` raises the first.
 """
@@ -27,14 +30,29 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mirror import catalog
+from mirror.binding import ReleaseSbom, TagsOf, bind
 from mirror.catalog import RelPath, Version
 from mirror.digest import Digests, digest_bytes
-from mirror.errors import IntegrityError, SignatureError
+from mirror.errors import BindingError, IntegrityError, SignatureError
 from mirror.layout import BUNDLE_SUFFIX
 from mirror.manifest import FileRecord, Manifest, companion_of
+from mirror.sbom import RELEASE_SBOM, SBOM_KINDS
 
 Reader = Callable[[str], bytes | None]
 """Reads a small file of the release by its path inside the release (None if absent)."""
+TagsReader = Callable[[str], TagsOf]
+"""For a path inside the release, how to read that image archive's RepoTags."""
+
+
+@dataclass(frozen=True)
+class BindingPolicy:
+    """``verify.release_binding`` and ``verify.unbound_allowed``."""
+
+    mode: str = "sbom"
+    allowed_unbound: tuple[str, ...] = ()
+
+    def applies(self, version: str) -> bool:
+        return self.mode == "sbom" and catalog.is_signed_release(Version.parse(version))
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,9 @@ class CheckResult:
     signatures_checked: int = 0
     identities: dict[str, str] = field(default_factory=dict)
     """Primary path -> the identity its bundle verified under."""
+    bindings: dict[str, str] = field(default_factory=dict)
+    """Primary path -> the rule that bound it to its release (``off`` if binding is off)."""
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, path: str, kind: str, detail: str) -> None:
         self.problems.append(Problem(path, kind, detail))
@@ -101,7 +122,62 @@ def must_sign(version: str, relpath: str) -> bool:
 # -- 2-4. one primary file --------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Binder:
+    """What rule 7 needs for one release: the policy, the verified SBOM (None if there is
+    none), and how to read an image archive's tags."""
+
+    policy: BindingPolicy
+    evidence: ReleaseSbom | None
+    tags_of: TagsReader
+
+
 def check_primary(
+    version: str,
+    relpath: str,
+    digests: Digests,
+    sums: Mapping[str, Mapping[str, str]],
+    read: Reader,
+    bundles: BundleChecker | None,
+    binder: Binder,
+    result: CheckResult,
+) -> None:
+    """Rules 2-4 and 7 for one primary file whose content hashed to ``digests``."""
+    before = len(result.problems)
+    _check_vouchers(version, relpath, digests, sums, read, bundles, result)
+    if len(result.problems) == before:
+        check_binding(version, relpath, digests, read, binder, result)
+
+
+def check_binding(
+    version: str, relpath: str, digests: Digests, read: Reader, binder: Binder, result: CheckResult
+) -> None:
+    """Rule 7 for one primary file."""
+    if not binder.policy.applies(version):
+        result.bindings[relpath] = "off"
+        return
+    path = f"release/{version}/{relpath}"
+    if binder.evidence is None and relpath not in SBOM_KINDS:
+        result.add(path, "unbound", f"no verified {RELEASE_SBOM} binds it to {version}")
+        return
+    binding = bind(
+        version,
+        relpath,
+        digests,
+        binder.evidence,
+        content=lambda: read(relpath),
+        tags_of=binder.tags_of(relpath),
+        allowed_unbound=binder.policy.allowed_unbound,
+    )
+    if binding.problem is not None:
+        result.add(path, "unbound", binding.problem)
+        return
+    if binding.warning is not None:
+        result.warnings.append(f"{path}: {binding.warning}")
+    result.bindings[relpath] = binding.rule
+
+
+def _check_vouchers(
     version: str,
     relpath: str,
     digests: Digests,
@@ -110,7 +186,7 @@ def check_primary(
     bundles: BundleChecker | None,
     result: CheckResult,
 ) -> None:
-    """Rules 2-4 for one primary file whose content hashed to ``digests``."""
+    """Rules 2-4: SUMS, sidecars, the .docker_tag's content, the signature."""
     prefix = f"release/{version}/"
     for algo, digest in (("sha256", digests.sha256), ("sha512", digests.sha512)):
         side = _text(read(relpath + "." + algo))
@@ -150,6 +226,8 @@ def raise_first(result: CheckResult) -> None:
     if result.problems:
         first = result.problems[0]
         error = SignatureError if first.kind == "bad-bundle" else IntegrityError
+        if first.kind == "unbound":
+            error = BindingError
         raise error(f"{first.path}: {first.detail}")
 
 
@@ -205,18 +283,21 @@ def check_release(
     digests: Mapping[str, Digests],
     read: Reader,
     bundles: BundleChecker | None,
+    binder: Binder,
     result: CheckResult,
 ) -> None:
     """Every rule for the files of one release whose digests are known.
 
     ``digests`` holds the files to check (a whole release for ``verify``, what a set adds
     for ``import``), each listed in ``manifest``; ``read`` finds any file of the release as it
-    is or would be after promotion.
+    is or would be after promotion. ``binder.evidence`` is ignored: the SBOM is loaded (and
+    checked first, when it is among the files) from ``read``.
     """
     prefix = f"release/{version}/"
     sums = release_sums(version, read, result)
     primaries = sums.get("sha256", {})
     result.files_checked += len(digests)
+    binder, done = _release_binder(version, manifest, digests, sums, read, bundles, binder, result)
     for rel in sorted(digests):
         record = manifest.files[rel]
         check_record(version, rel, record, digests[rel], result)
@@ -224,8 +305,8 @@ def check_release(
             problem = check_primary_record(version, rel, record)
             if problem is not None:
                 result.problems.append(problem)
-            if record.sha512 is not None:
-                check_primary(version, rel, digests[rel], sums, read, bundles, result)
+            if record.sha512 is not None and rel not in done:
+                check_primary(version, rel, digests[rel], sums, read, bundles, binder, result)
             continue
         base = companion_of(rel, primaries)
         if base is None:
@@ -236,6 +317,44 @@ def check_release(
             side = _text(read(rel))
             if body is None or side != getattr(digest_bytes(body), algo):
                 result.add(prefix + rel, "bad-sidecar", f"does not match {base}")
+
+
+def _release_binder(
+    version: str,
+    manifest: Manifest,
+    digests: Mapping[str, Digests],
+    sums: Mapping[str, Mapping[str, str]],
+    read: Reader,
+    bundles: BundleChecker | None,
+    binder: Binder,
+    result: CheckResult,
+) -> tuple[Binder, set[str]]:
+    """The release SBOM as evidence for rule 7: checked like any signed file first when it is
+    among the files checked (else it entered the tree verified), then parsed. Also returns
+    the files already checked here."""
+    unbound = Binder(binder.policy, None, binder.tags_of)
+    if not binder.policy.applies(version):
+        return unbound, set()
+    path = f"release/{version}/{RELEASE_SBOM}"
+    data = read(RELEASE_SBOM)
+    if data is None or RELEASE_SBOM not in sums.get("sha256", {}):
+        result.add(path, "missing", "a signed release must carry its signed SBOM")
+        return unbound, set()
+    done = set()
+    if RELEASE_SBOM in digests and manifest.files[RELEASE_SBOM].sha512 is not None:
+        done.add(RELEASE_SBOM)
+        before = len(result.problems)
+        check_primary(
+            version, RELEASE_SBOM, digests[RELEASE_SBOM], sums, read, bundles, unbound, result
+        )
+        if len(result.problems) != before:
+            return unbound, done
+    try:
+        evidence = ReleaseSbom.load(version, data)
+    except IntegrityError as exc:
+        result.add(path, "unbound", str(exc))
+        return unbound, done
+    return Binder(binder.policy, evidence, binder.tags_of), done
 
 
 def _text(data: bytes | None) -> str | None:

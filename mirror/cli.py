@@ -18,7 +18,8 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from mirror import __version__
-from mirror.config import Config, load_config
+from mirror.check import BindingPolicy
+from mirror.config import Config, VerifyConfig, load_config
 from mirror.errors import EXIT_INTERRUPTED, ConfigError, MirrorError, TreeVerifyError
 from mirror.progress import BarProgress, LogProgress, setup_logging
 from mirror.report import RunReport, read_status
@@ -125,6 +126,10 @@ def load(config_path: Path | None, **flags: Any) -> Config:
         return load_config(config_path, build_overrides(**flags))
     except ConfigError as exc:
         fail(exc)
+
+
+def binding_policy(verify: VerifyConfig) -> BindingPolicy:
+    return BindingPolicy(verify.release_binding, verify.unbound_allowed)
 
 
 def tree_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -314,6 +319,7 @@ def verify(
         releases=releases,
         resume=resume,
         on_release=lambda v, n: log.info("release/%s: %s", v, "ok" if not n else f"{n} problems"),
+        binding=binding_policy(config.verify),
     )
     try:
         result = audit.run()
@@ -326,6 +332,8 @@ def verify(
         f"{result.signatures_checked} signatures checked"
         + (f", {len(result.skipped)} skipped (resume)" if result.skipped else "")
     )
+    for warning in result.warnings:
+        log.warning("%s", warning)
     if result.problems:
         fail(TreeVerifyError(f"{len(result.problems)} problems found; {summary}"))
     if not quiet:
@@ -642,6 +650,7 @@ def import_command(
             trusted_root=trusted_root,
             allow_unsigned=allow_unsigned or verify_config.unsigned_releases == "checksums-only",
             lock_wait_s=wait_s,
+            binding=binding_policy(verify_config),
         )
     )
     if quiet:

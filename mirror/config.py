@@ -20,6 +20,7 @@ from mirror.errors import ConfigError
 
 DEFAULT_IDENTITY = "krel-staging@k8s-releng-prod.iam.gserviceaccount.com"
 DEFAULT_ISSUER = "https://accounts.google.com"
+BINDING_MODES = ("sbom", "off")
 UNSIGNED_POLICIES = ("refuse", "checksums-only")
 
 
@@ -64,6 +65,11 @@ class VerifyConfig:
     identities: tuple[IdentityConfig, ...] = (IdentityConfig(DEFAULT_IDENTITY, DEFAULT_ISSUER),)
     unsigned_releases: str = "refuse"
     """``refuse`` releases published before signing began, or accept them ``checksums-only``."""
+    release_binding: str = "sbom"
+    """``sbom``: every file must be bound to its release and path by the release's signed
+    SBOM (or the image rules); ``off``: per-file signatures only."""
+    unbound_allowed: tuple[str, ...] = ()
+    """Glob patterns (paths inside a release) whose files may be unbound, with a warning."""
 
 
 @dataclass(frozen=True)
@@ -271,12 +277,29 @@ class _Validator:
                 "verify.unsigned_releases", f"must be one of {', '.join(UNSIGNED_POLICIES)}"
             )
             unsigned = d.unsigned_releases
+        binding = self._str(t, "verify.release_binding", d.release_binding)
+        if binding not in BINDING_MODES:
+            self.problem("verify.release_binding", f"must be one of {', '.join(BINDING_MODES)}")
+            binding = d.release_binding
         return VerifyConfig(
             rekor_url=self._url(t, "verify.rekor_url", d.rekor_url),
             trusted_root=trusted_root,
             identities=self._identities(t, d.identities),
             unsigned_releases=unsigned,
+            release_binding=binding,
+            unbound_allowed=self._patterns(t),
         )
+
+    def _patterns(self, table: Mapping[str, Any]) -> tuple[str, ...]:
+        patterns = self._strings(table, "verify.unbound_allowed", ())
+        for i, pattern in enumerate(patterns):
+            if not pattern or pattern.startswith("/") or ".." in pattern.split("/"):
+                self.problem(
+                    f"verify.unbound_allowed[{i}]",
+                    f"{pattern!r} must be a glob relative to a release directory, like "
+                    "'provenance.json' or 'bin/*/*/extra-*'",
+                )
+        return tuple(patterns)
 
     def _identities(
         self, table: Mapping[str, Any], default: tuple[IdentityConfig, ...]

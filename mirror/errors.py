@@ -17,6 +17,7 @@ OSError from the disk) are translated where they enter: ``upstream.py``, ``verif
     │   ├── SumsFormatError             a malformed SHA256SUMS/SHA512SUMS line
     │   ├── DigestMismatchError         content disagrees with SUMS or a sidecar
     │   ├── SignatureError              the Sigstore signature did not verify
+    │   ├── BindingError                nothing signed binds the file to its release and path
     │   └── TreeVerifyError             ``k8s-mirror verify`` found problems in the tree
     ├── PartialSyncError             6  some releases completed, some files failed upstream
     ├── LocalStoreError              7  the local tree cannot be written (disk full, permissions)
@@ -117,6 +118,11 @@ class DigestMismatchError(IntegrityError):
 
 class SignatureError(IntegrityError):
     """The Sigstore signature of a file did not verify under the configured policy."""
+
+
+class BindingError(IntegrityError):
+    """A file is validly signed, but nothing signed binds it to the release and path it is
+    served under (the release SBOM disagrees, or does not list it)."""
 
 
 class TreeVerifyError(IntegrityError):

@@ -87,6 +87,8 @@ class FileRecord:
     SUMS or bundle file, covered by the primary's record)."""
     identity: str | None = None
     log_index: int | None = None
+    binding: str | None = None
+    """For a primary: the rule that bound it to its release (see ``binding.py``), or ``off``."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from mirror import catalog
+from mirror.binding import ReleaseSbom
 from mirror.catalog import PlannedFile, RelPath, Selection, Version
-from mirror.check import check_signing_policy
+from mirror.check import BindingPolicy, check_signing_policy
 from mirror.digest import digest_bytes
 from mirror.errors import (
     ConfigError,
@@ -30,6 +31,7 @@ from mirror.errors import (
 from mirror.fetch import Fetcher
 from mirror.manifest import FileRecord, Manifest, companions, sums_files
 from mirror.report import Failure
+from mirror.sbom import RELEASE_SBOM
 from mirror.store import Store
 from mirror.verify import CERT_MAX_BYTES, SIG_MAX_BYTES
 
@@ -77,6 +79,8 @@ class ReleasePlan:
     sums_files: dict[RelPath, bytes]
     present: list[PlannedFile] = field(default_factory=list)
     staged: dict[str, FileRecord] = field(default_factory=dict)
+    evidence: ReleaseSbom | None = None
+    """The release's verified SBOM, once the run has it (release binding)."""
     to_fetch: list[PlannedFile] = field(default_factory=list)
     failed: int = 0
 
@@ -250,20 +254,35 @@ def _ascii(body: bytes, source: str) -> str:
 
 
 def plan_release(
-    store: Store, index: ReleaseIndex, selection: Selection, staged: dict[str, FileRecord]
+    store: Store,
+    index: ReleaseIndex,
+    selection: Selection,
+    staged: dict[str, FileRecord],
+    *,
+    binding: BindingPolicy,
 ) -> ReleasePlan:
     """(worker thread) Sort the selected files of one release by what is still to do.
 
-    ``staged`` is the release's staging journal: files an earlier run verified.
+    ``staged`` is the release's staging journal: files an earlier run verified. When release
+    binding applies, the release SBOM is planned whether or not the selection names it: it is
+    small, and it is the evidence every other file is bound by.
     """
     name = index.version.text
+    signed = catalog.is_signed_release(index.version)
     files = catalog.plan_release(
-        index.version,
-        index.sums256,
-        index.sums512,
-        selection,
-        verify_signatures=catalog.is_signed_release(index.version),
+        index.version, index.sums256, index.sums512, selection, verify_signatures=signed
     )
+    if binding.applies(name) and not any(f.relpath == RELEASE_SBOM for f in files):
+        sbom = RelPath(RELEASE_SBOM)
+        if sbom not in index.sums256 or sbom not in index.sums512:
+            raise IntegrityError(
+                f"release/{name}: its SUMS list no {RELEASE_SBOM}, the signed SBOM that binds "
+                "its files to the release",
+                hint='for trees without a Kubernetes SBOM, set [verify] release_binding = "off"',
+            )
+        files.append(
+            PlannedFile(name, sbom, index.sums256[sbom], index.sums512[sbom], signed=signed)
+        )
     manifest = store.load_manifest(name)
     plan = ReleasePlan(
         index.version, store.release_in_tree(name), manifest, files, index.sums_files

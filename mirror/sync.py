@@ -19,6 +19,8 @@ Imports neither click nor tqdm: the CLI hands in a ``Progress`` and gets a ``Run
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -29,12 +31,14 @@ from typing import Any, Protocol, TypeVar
 
 from mirror import catalog
 from mirror.audit import read_small
+from mirror.binding import ReleaseSbom, image_repo_tags
 from mirror.catalog import PlannedFile, RelPath, Selection
-from mirror.check import CheckResult, check_primary, raise_first
+from mirror.check import Binder, BindingPolicy, CheckResult, check_primary, raise_first
 from mirror.config import Config
 from mirror.digest import Digests, digest_bytes
 from mirror.errors import (
     EXIT_INTERRUPTED,
+    BindingError,
     IntegrityError,
     LocalStoreError,
     LockHeldError,
@@ -57,6 +61,7 @@ from mirror.plan import (
 )
 from mirror.prune import PrunePlan, check_guard, execute_prune, plan_prune
 from mirror.report import Failure, RunReport, prune_reports, write_run_files
+from mirror.sbom import RELEASE_SBOM
 from mirror.store import Store
 from mirror.upstream import Upstream
 from mirror.verify import SignatureChecker, load_trust_root
@@ -109,6 +114,7 @@ class SyncRun:
         )
         self.checker: SignatureChecker | None = None
         self.plan: Plan | None = None
+        self.binding = BindingPolicy(config.verify.release_binding, config.verify.unbound_allowed)
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -211,7 +217,13 @@ class SyncRun:
             try:
                 staged = await self._in_thread(self.store.load_journal, name)
                 releases.append(
-                    await self._in_thread(plan_release, self.store, index, self.selection, staged)
+                    await self._in_thread(
+                        functools.partial(plan_release, binding=self.binding),
+                        self.store,
+                        index,
+                        self.selection,
+                        staged,
+                    )
                 )
             except MirrorError as exc:
                 self._record_failure(Failure.of(exc, f"release/{name}", name))
@@ -253,6 +265,9 @@ class SyncRun:
                 self.progress.file_done(str(planned.tree_path), "present", 0)
             if release.staged:
                 await self._adopt_staged(release)
+        for release in self.plan.releases:
+            if self.binding.applies(release.name):
+                await self._obtain_sbom(fetcher, release)
         jobs = [
             self._file_job(fetcher, release, planned)
             for release in self.plan.releases
@@ -266,6 +281,39 @@ class SyncRun:
                 await self._promote_new_release(release)
             else:
                 await self._in_thread(self.store.clear_staging, release.name)
+
+    async def _obtain_sbom(self, fetcher: Fetcher, release: ReleasePlan) -> None:
+        """Release binding needs the release's verified SBOM before any other file of it is
+        accepted: fetch and check it first (or read it from the tree or staging, where it was
+        checked when it arrived). Without it, no other file of the release is fetched."""
+        planned = next(f for f in release.files if f.relpath == RELEASE_SBOM)
+        failed_before = release.failed
+        if planned in release.to_fetch:
+            release.to_fetch.remove(planned)
+            await self._file_job(fetcher, release, planned)
+        if release.failed == failed_before:  # else its failure is already recorded
+            where = (
+                self.store.tree_path(release.name, planned.relpath)
+                if self.store.present(release.manifest, planned.relpath)
+                else self.store.staged_path(release.name, planned.relpath)
+            )
+            data = await self._in_thread(read_small, where)
+            try:
+                if data is None:
+                    raise BindingError(f"{planned.tree_path}: verified earlier, now unreadable")
+                release.evidence = ReleaseSbom.load(release.name, data)
+            except IntegrityError as exc:
+                release.failed += 1
+                self._record_failure(Failure.of(exc, str(planned.tree_path), release.name))
+        if release.evidence is None and release.to_fetch:
+            log.error(
+                "release/%s: %d files not fetched: without its verified SBOM nothing binds "
+                "them to the release",
+                release.name,
+                len(release.to_fetch),
+            )
+            release.failed += len(release.to_fetch)
+            release.to_fetch.clear()
 
     async def _adopt_staged(self, release: ReleasePlan) -> None:
         """Files a previous run verified and staged: count them, and promote into a release
@@ -333,7 +381,10 @@ class SyncRun:
                     identity=verified.identity,
                     log_index=verified.log_index,
                 )
-            await self._in_thread(self._check, release, planned, digests, companions, part)
+            binding = await self._in_thread(
+                self._check, release, planned, digests, companions, part
+            )
+            record = dataclasses.replace(record, binding=binding)
         except IntegrityError:
             # Never usable. (A Rekor outage or an interruption keeps the verified download
             # for the next run.)
@@ -353,8 +404,9 @@ class SyncRun:
         digests: Digests,
         companions: dict[RelPath, bytes],
         part: Path,
-    ) -> None:
-        """(worker thread) The rules ``verify`` and ``import`` apply, on what was fetched."""
+    ) -> str | None:
+        """(worker thread) The rules ``verify`` and ``import`` apply, on what was fetched;
+        returns the rule that bound the file to its release."""
         index: dict[str, dict[str, str]] = {
             "sha256": {planned.relpath: planned.sha256},
             "sha512": {planned.relpath: planned.sha512},
@@ -365,9 +417,15 @@ class SyncRun:
                 return read_small(part)  # only a .docker_tag's content is ever asked for
             return companions.get(RelPath(rel))
 
+        binder = Binder(self.binding, release.evidence, lambda rel: lambda: image_repo_tags(part))
         result = CheckResult()
-        check_primary(release.name, planned.relpath, digests, index, read, self.checker, result)
+        check_primary(
+            release.name, planned.relpath, digests, index, read, self.checker, binder, result
+        )
         raise_first(result)
+        for warning in result.warnings:
+            log.warning("%s", warning)
+        return result.bindings.get(planned.relpath)
 
     def _stage(
         self,

@@ -29,6 +29,7 @@ Everything here is plain blocking I/O driven by the CLI: no event loop is involv
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gzip
 import hashlib
@@ -54,8 +55,9 @@ from typing import IO, Any, NoReturn, Protocol
 
 from mirror import __version__, catalog
 from mirror.audit import TreeAudit, read_small
+from mirror.binding import tags_in
 from mirror.catalog import RelPath, Version
-from mirror.check import check_release, check_signing_policy
+from mirror.check import Binder, BindingPolicy, check_release, check_signing_policy
 from mirror.config import IdentityConfig
 from mirror.digest import Digests
 from mirror.errors import (
@@ -72,6 +74,7 @@ from mirror.layout import (
     TRUST_ROOT_RELPATH,
 )
 from mirror.store import FileRecord, Manifest, Store, fsync_dir, write_atomic
+from mirror.tarinfo import BoundedTarInfo, member_type
 from mirror.verify import is_embedded_production_root
 
 log = logging.getLogger(__name__)
@@ -965,6 +968,7 @@ class _Importer:
         identities: Sequence[IdentityConfig],
         trusted_root: Path | None,
         allow_unsigned: bool,
+        binding: BindingPolicy | None = None,
     ) -> None:
         self.store = Store(root)
         self.root = root
@@ -972,6 +976,7 @@ class _Importer:
         self.identities = identities
         self.trusted_root = trusted_root
         self.allow_unsigned = allow_unsigned
+        self.binding = binding or BindingPolicy()
         self.work = self.store.staging / f"{IMPORT_STAGING_PREFIX}{os.getpid()}-{time.time_ns()}"
         self.releases: dict[str, _Release] = {}
         self.digests: dict[str, dict[str, Digests]] = {}
@@ -1017,7 +1022,7 @@ class _Importer:
         seen: set[str] = set()
         try:
             with tarfile.open(
-                fileobj=reader, mode="r|", bufsize=CHUNK, tarinfo=_BoundedTarInfo
+                fileobj=reader, mode="r|", bufsize=CHUNK, tarinfo=BoundedTarInfo
             ) as tar:
                 self._read_members(tar, expected, seen)
             reader.drain()
@@ -1042,7 +1047,7 @@ class _Importer:
     def run_archive(self) -> None:
         try:
             with tarfile.open(
-                self.source, mode="r|*", bufsize=CHUNK, tarinfo=_BoundedTarInfo
+                self.source, mode="r|*", bufsize=CHUNK, tarinfo=BoundedTarInfo
             ) as tar:
                 self._read_members(tar, None, set())
         except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
@@ -1160,7 +1165,7 @@ class _Importer:
         for info in tar:
             if not info.isreg() or info.issparse():
                 raise UnsafePathError(
-                    f"{self.source}: member {info.name!r} is a {_member_type(info)}, "
+                    f"{self.source}: member {info.name!r} is a {member_type(info)}, "
                     "not a regular file"
                 )
             try:
@@ -1336,8 +1341,17 @@ class _Importer:
                 normalised,
                 self.reader(version),
                 audit,
+                Binder(self.binding, None, tags_in(self.locate(version))),
                 audit.result,
             )
+            # What bound each file is derived here; the carried manifest's claim is no authority.
+            for rel, rule in audit.result.bindings.items():
+                release.merged.files[rel] = dataclasses.replace(
+                    release.merged.files[rel], binding=rule
+                )
+            audit.result.bindings.clear()
+        for warning in audit.result.warnings:
+            log.warning("%s", warning)
         problems = audit.result.problems
         if problems:
             for problem in problems:
@@ -1426,6 +1440,7 @@ def import_set(
     trusted_root: Path | None = None,
     allow_unsigned: bool = False,
     lock_wait_s: float = 0.0,
+    binding: BindingPolicy | None = None,
 ) -> ImportResult:
     """Import a transfer set (directory or its toc.json) or a ``fetch --archive`` file."""
     toc: Toc | None = None
@@ -1452,6 +1467,7 @@ def import_set(
         identities=identities,
         trusted_root=trusted_root,
         allow_unsigned=allow_unsigned,
+        binding=binding,
     )
     store = importer.store
     store.prepare()
@@ -1498,40 +1514,6 @@ def _by_release(entries: Sequence[Entry]) -> dict[str, dict[str, Entry]]:
         if member.kind == "release-file":
             out.setdefault(member.version, {})[member.relpath] = entry
     return out
-
-
-MAX_TAR_HEADER_BYTES = 1 << 20
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """tarfile reads a pax or GNU long-name header's payload into memory before we see the
-    member: a tiny archive could declare gigabytes there. Refuse large ones first."""
-
-    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
-        self._refuse_large_header()
-        return super()._proc_pax(tarfile)  # type: ignore[misc, no-any-return]
-
-    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
-        self._refuse_large_header()
-        return super()._proc_gnulong(tarfile)  # type: ignore[misc, no-any-return]
-
-    def _refuse_large_header(self) -> None:
-        if self.size > MAX_TAR_HEADER_BYTES:
-            raise tarfile.HeaderError(f"extended header of {self.size} bytes; refusing")
-
-
-def _member_type(info: tarfile.TarInfo) -> str:
-    if info.issym():
-        return "symbolic link"
-    if info.islnk():
-        return "hard link"
-    if info.isdir():
-        return "directory"
-    if info.isdev():
-        return "device or fifo"
-    if info.issparse():
-        return "sparse file"
-    return f"member of type {info.type!r}"
 
 
 def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:

@@ -96,10 +96,12 @@ class Env:
 
 
 def expected_listing(version: str, platform: str, names: tuple[str, ...]) -> list[str]:
-    """Served files a sync of ``names`` for one platform of a signed release produces."""
+    """Served files a sync of ``names`` for one platform of a signed release produces
+    (the release SBOM always comes along: it binds the files to the release)."""
     files = []
-    for name in names:
-        base = f"release/{version}/bin/{platform}/{name}"
+    for base in [f"release/{version}/bin/{platform}/{n}" for n in names] + [
+        f"release/{version}/kubernetes-release.spdx"
+    ]:
         files += [base] + [
             base + s for s in (".sha256", ".sha512", ".sig", ".cert", ".sigstore.json")
         ]

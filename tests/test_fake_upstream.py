@@ -174,8 +174,8 @@ def test_release_sbom_lists_covered_files_with_their_sha256(full_tree: UpstreamT
     listed: dict[str, str] = {}
     name = None
     for line in sbom.splitlines():
-        if line.startswith("FileName: ./"):
-            name = line.removeprefix("FileName: ./")
+        if line.startswith("FileName: "):
+            name = line.removeprefix("FileName: ")
         elif line.startswith("FileChecksum: SHA256: "):
             assert name is not None
             listed[name] = line.removeprefix("FileChecksum: SHA256: ")

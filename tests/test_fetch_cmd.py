@@ -59,7 +59,7 @@ async def test_fetch_into_a_directory_needs_no_config_and_verifies_offline(env: 
 
     check = await env.cli("verify", "--root", str(out))
     assert check.exit_code == 0, check.stdout + check.stderr
-    assert "3 signatures checked" in check.stdout
+    assert "4 signatures checked" in check.stdout
 
     # DIR is a mirror tree: fetching the same again reconciles and downloads nothing.
     env.dl.log.clear()
@@ -98,7 +98,7 @@ async def test_fetch_to_an_archive_then_unpack_or_import_and_verify(env: Env, su
         tar.extractall(unpacked, filter="data")
     check = await env.cli("verify", "--root", str(unpacked))
     assert check.exit_code == 0, check.stdout + check.stderr
-    assert "6 signatures checked" in check.stdout
+    assert "8 signatures checked" in check.stdout
 
     # Or imported: re-verified and promoted atomically into a standing tree.
     imported = env.tmp / "imported"

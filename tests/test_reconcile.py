@@ -22,7 +22,7 @@ async def test_adding_a_platform_fetches_only_that_platform(env: Env) -> None:
         for n in KUBE3
         for s in ("", ".sha256", ".sha512", ".sig", ".cert")
     )
-    assert report.files_fetched == 3 and report.files_present == 3
+    assert report.files_fetched == 3 and report.files_present == 4  # + the release SBOM
     for name in KUBE3:
         assert (env.root / f"release/v1.34.2/bin/linux/arm64/{name}.sigstore.json").is_file()
     verify = await env.cli("verify", "--root", str(env.root))
@@ -118,7 +118,7 @@ async def test_prune_guard_trips_when_upstream_suddenly_lists_nothing(env: Env) 
     env.tree.add_release("v1.34.3", platforms=["linux/amd64"])
     sums = env.tree.files["release/v1.34.3/SHA256SUMS"].decode().split("\n")
     sums512 = env.tree.files["release/v1.34.3/SHA512SUMS"].decode().split("\n")
-    keep = ("  kubernetes.tar.gz", "  bin/linux/amd64/kubectl")
+    keep = ("  bin/linux/amd64/kubectl", "  kubernetes-release.spdx")
     env.tree.set_sums_text("v1.34.3", "\n".join(s for s in sums if s.endswith(keep)))
     env.tree.set_sums_text(
         "v1.34.3", "\n".join(s for s in sums512 if s.endswith(keep)), which="SHA512SUMS"

@@ -33,14 +33,14 @@ async def test_report_status_and_metrics_on_success_then_failure(env: Env) -> No
     assert result.exit_code == 0, result.stderr
     (report,) = reports(env)
     assert report["outcome"] == "success" and report["exit_code"] == 0
-    assert report["files_fetched"] == 3 and report["bytes_fetched"] > 0
+    assert report["files_fetched"] == 4 and report["bytes_fetched"] > 0
     assert report["versions"]["v1.34.2"]["complete"] is True
     assert report["markers"] == {"stable": "v1.34.2"}
     status = json.loads((env.root / ".k8s-mirror/status.json").read_text())
     assert status["last_success"]["report"] == status["last_run"]["report"]
     m = metrics(env)
     assert m["k8s_mirror_last_run_exit_code"] == 0
-    assert m['k8s_mirror_last_run_files{state="fetched"}'] == 3
+    assert m['k8s_mirror_last_run_files{state="fetched"}'] == 4
     first_success = m["k8s_mirror_last_success_timestamp_seconds"]
     assert first_success > 0
 
@@ -70,12 +70,12 @@ async def test_status_command_human_and_json(env: Env) -> None:
     assert (await env.sync()).exit_code == 0
     human = await env.cli("status", "--root", str(env.root))
     assert human.exit_code == 0
-    assert "release/v1.34.2: 24 files" in human.stdout
-    assert "3 signature-verified" in human.stdout
+    assert "release/v1.34.2: 30 files" in human.stdout
+    assert "4 signature-verified" in human.stdout
     assert "marker stable -> v1.34.2" in human.stdout
     machine = await env.cli("status", "--root", str(env.root), "--json")
     data = json.loads(machine.stdout)
-    assert data["releases"]["v1.34.2"]["signed"] == 3
+    assert data["releases"]["v1.34.2"]["signed"] == 4
     assert data["status"]["last_run"]["outcome"] == "success"
 
 
@@ -86,7 +86,7 @@ async def test_without_a_terminal_output_is_parseable_log_lines(env: Env) -> Non
     assert lines and all(LOG_LINE.match(line) for line in lines), lines
     assert "\r" not in result.stderr  # no progress bars
     assert sum("INFO fetched release/v1.34.2/bin/linux/amd64/" in ln for ln in lines) == 3
-    assert result.stdout.startswith("success: fetched 3 files")
+    assert result.stdout.startswith("success: fetched 4 files")
 
 
 async def test_json_log_format(env: Env) -> None:

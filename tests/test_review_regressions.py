@@ -19,7 +19,11 @@ KUBECTL = "release/v1.34.2/bin/linux/amd64/kubectl"
 
 async def test_rekor_outage_keeps_verified_downloads_for_the_next_run(env: Env) -> None:
     rekor = env.rekor_url
-    env.write_config(verify={"rekor_url": "http://127.0.0.1:9"}, upstream={"retries": 0})
+    # Per-file behaviour: with release binding, nothing but the SBOM would be fetched (below).
+    env.write_config(
+        verify={"rekor_url": "http://127.0.0.1:9", "release_binding": "off"},
+        upstream={"retries": 0},
+    )
     first = await env.sync()
     assert first.exit_code == UpstreamError.exit_code
     partial = env.root / ".k8s-mirror/partial/v1.34.2/bin/linux/amd64/kubectl"
@@ -31,6 +35,25 @@ async def test_rekor_outage_keeps_verified_downloads_for_the_next_run(env: Env) 
     # The whole partial is finished from disk: the server only answered 416, sent no body.
     (request,) = env.dl.requests(KUBECTL)
     assert request.status == 416
+    assert (env.root / KUBECTL).read_bytes() == env.tree.files[KUBECTL]
+
+
+async def test_rekor_outage_fetches_only_the_sbom_and_the_next_run_completes(env: Env) -> None:
+    """Release binding needs the verified SBOM first: while Rekor is down nothing else of the
+    release is downloaded, and the SBOM's download is kept for the next run."""
+    rekor = env.rekor_url
+    env.write_config(verify={"rekor_url": "http://127.0.0.1:9"}, upstream={"retries": 0})
+    first = await env.sync()
+    assert first.exit_code == UpstreamError.exit_code
+    assert [g for g in env.release_gets() if "/SHA" not in g] == [
+        f"release/v1.34.2/kubernetes-release.spdx{s}"
+        for s in (".sha256", ".sha512", ".sig", ".cert", "")
+    ]
+    assert (env.root / ".k8s-mirror/partial/v1.34.2/kubernetes-release.spdx").is_file()
+    assert not (env.root / "release/v1.34.2").exists()
+    env.write_config(verify={"rekor_url": rekor})
+    second = await env.sync()
+    assert second.exit_code == 0, second.failures
     assert (env.root / KUBECTL).read_bytes() == env.tree.files[KUBECTL]
 
 

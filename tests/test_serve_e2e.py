@@ -48,7 +48,7 @@ async def test_clients_get_files_whose_digests_match_the_sums(
         sidecar = (await curl(f"release/{version}/{path}.sha256")).decode()
         assert sidecar == digest
         mirrored += 1
-    assert mirrored == 4  # darwin/arm64 carries only kubectl of the three
+    assert mirrored == 5  # darwin/arm64 carries only kubectl of the three; + the SBOM
     # The state directory and the manifests are not reachable.
     proc = await asyncio.create_subprocess_exec(
         "curl",

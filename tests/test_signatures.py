@@ -111,7 +111,10 @@ async def test_rekor_answering_with_another_entry_is_rejected(
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", liar)
     server = await aiohttp_server(app, host="127.0.0.1")
-    env.write_config(verify={"rekor_url": str(server.make_url("")).rstrip("/")})
+    # Per file: with release binding on, the SBOM (checked first) would be the one named.
+    env.write_config(
+        verify={"rekor_url": str(server.make_url("")).rstrip("/"), "release_binding": "off"}
+    )
     await assert_rejected(env, "is for another artifact")
 
 

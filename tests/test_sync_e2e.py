@@ -30,21 +30,21 @@ async def test_second_sync_fetches_no_release_file(env: Env) -> None:
     report = await env.sync()
     assert report.exit_code == 0
     assert env.release_gets() == []
-    assert report.files_present == 3 and report.files_fetched == 0
+    assert report.files_present == 4 and report.files_fetched == 0
 
 
 async def test_verify_command_passes_on_a_synced_tree_offline(env: Env) -> None:
     assert (await env.sync()).exit_code == 0
     result = await env.cli("verify", "--root", str(env.root))
     assert result.exit_code == 0, result.stderr
-    assert "3 signatures checked" in result.stdout
+    assert "4 signatures checked" in result.stdout
 
 
 async def test_dry_run_shows_the_plan_and_changes_nothing(env: Env) -> None:
     fresh = await env.cli("sync", "--config", str(env.config_path), "--dry-run")
     assert fresh.exit_code == 0, fresh.stderr
     assert "marker stable -> v1.34.2" in fresh.stdout
-    assert "release/v1.34.2 (new): 3 selected, 0 present" in fresh.stdout
+    assert "release/v1.34.2 (new): 4 selected, 0 present" in fresh.stdout
     assert not env.root.exists()
 
     assert (await env.sync()).exit_code == 0
@@ -54,7 +54,7 @@ async def test_dry_run_shows_the_plan_and_changes_nothing(env: Env) -> None:
     plan = await env.cli("sync", "--config", str(env.config_path), "--dry-run")
     assert plan.exit_code == 0, plan.stderr
     arm_bytes = sum(len(env.tree.files[f"release/v1.34.2/bin/linux/arm64/{n}"]) for n in KUBE3)
-    assert "6 selected, 3 present" in plan.stdout
+    assert "7 selected, 4 present" in plan.stdout
     assert f"3 to fetch ({arm_bytes} bytes)" in plan.stdout
     assert "  fetch bin/linux/arm64/kubectl" in plan.stdout
     assert env.listing() == before

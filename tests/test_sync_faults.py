@@ -88,7 +88,7 @@ async def test_fault_that_persists_fails_that_file_only(
     env.dl.log.clear()
     second = await env.sync()
     assert second.exit_code == 0
-    assert second.files_reused == 2 and second.files_fetched == 1
+    assert second.files_reused == 3 and second.files_fetched == 1
     primaries = [k for k in env.release_gets() if k.rsplit("/", 1)[-1] in KUBE3]
     assert primaries == [KUBECTL]
 

@@ -98,7 +98,7 @@ async def test_verify_with_an_untrusted_root_rejects_every_bundle(env: Env, tmp_
     other.write_text(FakeSigstore().trusted_root_json("http://127.0.0.1:9"))
     result = await env.cli("verify", "--root", str(env.root), "--trusted-root", str(other))
     assert result.exit_code == TreeVerifyError.exit_code
-    assert result.stdout.count("bad-bundle") == 6
+    assert result.stdout.count("bad-bundle") == 8
 
 
 async def test_verify_does_not_let_the_manifest_waive_a_signature(env: Env) -> None:

@@ -153,10 +153,39 @@ def is_signed_kind(relpath: str) -> bool:
 
 
 def sbom_covers(relpath: str) -> bool:
-    """Whether generated ``kubernetes-release.spdx`` lists this primary relpath."""
+    """Whether generated ``kubernetes-release.spdx`` lists this primary relpath as a file
+    (binaries by path, tarballs by name; image archives appear as packages instead)."""
     return relpath.endswith(".tar.gz") or (
-        relpath.startswith("bin/") and not relpath.endswith(".docker_tag")
+        relpath.startswith("bin/") and not relpath.endswith((".docker_tag", ".tar"))
     )
+
+
+def image_repo_tag(version: str, arch: str, component: str) -> str:
+    """The tag an image archive of the release names in its ``manifest.json``."""
+    return f"registry.k8s.io/{component}-{arch}:{version.replace('+', '_')}"
+
+
+def image_tar(repo_tag: str, layer: bytes) -> bytes:
+    """A ``docker save`` archive: one layer, its config, ``manifest.json`` last, as docker
+    writes it (so a reader has to look for the manifest, not assume it comes first)."""
+    config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    layer_dir = hashlib.sha256(layer).hexdigest()
+    manifest = [
+        {"Config": config_name, "RepoTags": [repo_tag], "Layers": [f"{layer_dir}/layer.tar"]}
+    ]
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (
+            (f"{layer_dir}/layer.tar", layer),
+            (config_name, config),
+            ("manifest.json", json.dumps(manifest).encode()),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = int(_EPOCH.timestamp())
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
 
 
 def sha256_hex(data: bytes) -> str:
@@ -280,14 +309,17 @@ class UpstreamTree:
                 contents[relpath] = gen.binary(relpath, os_)
             if os_ == "linux" and arch in SERVER_ARCHES:
                 for component in IMAGE_COMPONENTS:
-                    contents[f"bin/linux/{arch}/{component}.tar"] = gen.payload(
-                        f"bin/linux/{arch}/{component}.tar"
+                    relpath = f"bin/linux/{arch}/{component}.tar"
+                    contents[relpath] = image_tar(
+                        image_repo_tag(version, arch, component), gen.payload(relpath)
                     )
                     # Upstream: the image tag, which is the version string, no newline.
                     contents[f"bin/linux/{arch}/{component}.docker_tag"] = version.encode()
         contents.update(_tarballs(gen, chosen, contents))
-        contents[RELEASE_SBOM] = _release_sbom(version, contents)
         contents["kubernetes-source.spdx"] = _source_sbom(version, gen)
+        contents[RELEASE_SBOM] = _release_sbom(
+            version, contents, contents["kubernetes-source.spdx"]
+        )
 
         primary = tuple(sorted(contents))
         release = Release(
@@ -362,14 +394,17 @@ class UpstreamTree:
         update_sidecars: bool = True,
         resign: bool = False,
         signer: Signer | None = None,
+        update_sbom: bool | None = None,
     ) -> None:
         """Replace a file's content and, as asked, what vouches for it.
 
         For a primary file: ``update_sidecars`` rewrites ``.sha256``/``.sha512``; ``update_sums``
         rewrites its line in both SUMS files (and their sidecars); ``resign`` signs the new
         content with ``signer`` (default: the release's), e.g. a signer of the wrong identity.
-        The signed SBOM is never updated: an attacker who can rewrite the unsigned SUMS and
-        sidecars cannot rewrite it either, so a covered file then disagrees with the SBOM.
+        ``update_sbom`` (default: when re-signed by the release's own signer, i.e. upstream
+        republished the file) regenerates the release SBOM, re-signed, with its SUMS lines.
+        Otherwise the signed SBOM is not updated: an attacker who can rewrite the unsigned
+        SUMS and sidecars cannot rewrite it, so a covered file then disagrees with the SBOM.
         For a SUMS file, ``update_sidecars`` refreshes its own sidecars. Any other path is set
         as is (a sidecar, a ``.sig``, a marker, or a new file).
         """
@@ -394,6 +429,20 @@ class UpstreamTree:
             if not is_signed_kind(relpath):
                 raise ValueError(f"{relpath} is a kind upstream never signs")
             self._sign(release, relpath, signer=signer)
+        if update_sbom if update_sbom is not None else (resign and signer is None):
+            self.republish_sbom(release.version)
+
+    def republish_sbom(self, version: str) -> None:
+        """Regenerate the release SBOM from the release's current files, as upstream would
+        when it republishes a file, and sign it and list it like any primary file."""
+        release = self.releases[version]
+        contents = {p: self.files[release.path(p)] for p in release.primary}
+        sbom = _release_sbom(version, contents, contents["kubernetes-source.spdx"])
+        self._write_primary(release, RELEASE_SBOM, sbom)
+        for which, digest in (("SHA256SUMS", sha256_hex), ("SHA512SUMS", sha512_hex)):
+            self._set_sums_line(version, which, RELEASE_SBOM, digest(sbom))
+        if release.signed:
+            self._sign(release, RELEASE_SBOM)
 
     def set_sums_text(self, version: str, text: str | bytes, *, which: str = "SHA256SUMS") -> None:
         """Replace a SUMS file with arbitrary (e.g. hostile) text; its own sidecars follow."""
@@ -526,13 +575,16 @@ def _spdx_id(relpath: str) -> str:
     return "SPDXRef-File-" + re.sub(r"[^A-Za-z0-9.-]", "-", relpath)
 
 
-def _spdx_header(document: str, version: str) -> list[str]:
+def _spdx_header(document: str, version: str, extra: Iterable[str] = ()) -> list[str]:
+    """As upstream's ``bom`` writes it: ``DocumentName: Kubernetes Release v1.34.2``,
+    ``DocumentNamespace: https://sbom.k8s.io/v1.34.2/release``."""
     return [
         "SPDXVersion: SPDX-2.3",
         "DataLicense: CC0-1.0",
         "SPDXID: SPDXRef-DOCUMENT",
-        f"DocumentName: {document}-{version}",
-        f"DocumentNamespace: https://k8s.io/sbom/{version}/{document}",
+        f"DocumentName: Kubernetes {document.title()} {version}",
+        f"DocumentNamespace: https://sbom.k8s.io/{version}/{document}",
+        *extra,
         "Creator: Tool: k8s-mirror-fake-upstream",
         f"Created: {_EPOCH.strftime('%Y-%m-%dT%H:%M:%SZ')}",
         "",
@@ -545,7 +597,7 @@ def _spdx_files(package_id: str, files: Mapping[str, bytes]) -> list[str]:
         data = files[relpath]
         spdx_id = _spdx_id(relpath)
         lines += [
-            f"FileName: ./{relpath}",
+            f"FileName: {relpath}",
             f"SPDXID: {spdx_id}",
             f"FileChecksum: SHA1: {hashlib.sha1(data).hexdigest()}",
             f"FileChecksum: SHA256: {sha256_hex(data)}",
@@ -585,8 +637,9 @@ def _package(
     ]
 
 
-def _release_sbom(version: str, contents: Mapping[str, bytes]) -> bytes:
-    """SPDX 2.3 tag-value listing the binaries, image archives and tarballs of the release.
+def _release_sbom(version: str, contents: Mapping[str, bytes], source_sbom: bytes) -> bytes:
+    """SPDX 2.3 tag-value listing the binaries and tarballs of the release as files and its
+    images as packages (``registry.k8s.io/<image>-<arch>:<v>``, no file checksums).
 
     The ``.docker_tag`` files are left out (they are metadata of the images, not artifacts), so
     a test can tell "covered by the signed SBOM" from "only in the unsigned SUMS".
@@ -594,8 +647,28 @@ def _release_sbom(version: str, contents: Mapping[str, bytes]) -> bytes:
     covered = {p: d for p, d in contents.items() if sbom_covers(p)}
     package_id = "SPDXRef-Package-kubernetes-release"
     location = f"https://dl.k8s.io/release/{version}/"
-    lines = _spdx_header("kubernetes-release", version)
+    source_ref = (
+        f"ExternalDocumentRef: DocumentRef-kubernetes-{version} https://sbom.k8s.io/{version}/"
+        f"source SHA256: {sha256_hex(source_sbom)}"
+    )
+    lines = _spdx_header("release", version, [source_ref])
     lines += _package(package_id, "kubernetes-release", version, location, covered)
+    for relpath in sorted(p for p in contents if p.endswith(".tar") and p.startswith("bin/")):
+        _, _, arch, name = relpath.split("/")
+        tag = image_repo_tag(version, arch, name.removesuffix(".tar"))
+        image_id = "SPDXRef-Package-" + re.sub(r"[^A-Za-z0-9.-]", "-", tag)
+        lines += [
+            f"##### Package: {tag}",
+            "",
+            f"PackageName: {tag}",
+            f"SPDXID: {image_id}",
+            f"PackageVersion: {version}",
+            f"PackageDownloadLocation: https://{tag.replace(':', '/')}",
+            "FilesAnalyzed: false",
+            "PackageLicenseConcluded: Apache-2.0",
+            f"Relationship: SPDXRef-DOCUMENT DESCRIBES {image_id}",
+            "",
+        ]
     lines += _spdx_files(package_id, covered)
     return "\n".join(lines).encode()
 
@@ -607,7 +680,7 @@ def _source_sbom(version: str, gen: _Generator) -> bytes:
     }
     package_id = "SPDXRef-Package-kubernetes"
     location = f"git+https://github.com/kubernetes/kubernetes@{version}"
-    lines = _spdx_header("kubernetes-source", version)
+    lines = _spdx_header("source", version)
     lines += _package(package_id, "kubernetes", version, location, sources)
     lines += _spdx_files(package_id, sources)
     return "\n".join(lines).encode()
