@@ -28,7 +28,7 @@ from mirror.config import IdentityConfig
 from mirror.errors import ConfigError, IntegrityError, LocalStoreError, MirrorError
 from mirror.layout import BUNDLE_SUFFIX, RELEASE_DIR_NAME, STATE_DIR_NAME, TRUST_ROOT_RELPATH
 from mirror.store import Manifest, Store, write_atomic
-from mirror.verify import SignatureChecker, TrustRoot, load_trust_root
+from mirror.verify import BundleChecker, TrustRoot, load_trust_root
 
 READ_BYTES = 1 << 20
 
@@ -89,13 +89,13 @@ class TreeAudit:
         self.resume = resume
         self.on_release = on_release
         self.result = AuditResult()
-        self._checker: SignatureChecker | None = None
+        self._checker: BundleChecker | None = None
 
     @property
     def progress_path(self) -> Path:
         return self.store.state / "audit-progress.json"
 
-    def checker(self) -> SignatureChecker:
+    def checker(self) -> BundleChecker:
         if self._checker is None:
             if not self.trusted_root_path.is_file():
                 raise ConfigError(
@@ -103,9 +103,7 @@ class TreeAudit:
                     source="verify",
                 )
             trust: TrustRoot = load_trust_root(str(self.trusted_root_path))
-            self._checker = SignatureChecker(
-                trust, self.identities, rekor_url="offline", fetcher=None, executor=None
-            )
+            self._checker = BundleChecker(trust, self.identities)
         return self._checker
 
     def run(self) -> AuditResult:

@@ -45,7 +45,13 @@ from mirror.prune import PrunePlan, check_guard, execute_prune, plan_prune
 from mirror.report import Failure, RunReport, prune_reports, write_run_files
 from mirror.store import FileRecord, Manifest, Store
 from mirror.upstream import Upstream
-from mirror.verify import CERT_MAX_BYTES, SIG_MAX_BYTES, SignatureChecker, load_trust_root
+from mirror.verify import (
+    CERT_MAX_BYTES,
+    SIG_MAX_BYTES,
+    BundleChecker,
+    RekorChecker,
+    load_trust_root,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -148,7 +154,7 @@ class SyncRun:
         self.executor = ThreadPoolExecutor(
             max_workers=max(2, config.upstream.concurrency), thread_name_prefix="k8s-mirror"
         )
-        self.checker: SignatureChecker | None = None
+        self.checker: RekorChecker | None = None
         self.plan: Plan | None = None
 
     # -- entry point -------------------------------------------------------------------------
@@ -394,9 +400,8 @@ class SyncRun:
     async def _prepare_checker(self, fetcher: Fetcher) -> None:
         verify = self.config.verify
         trust_root = await self._in_thread(load_trust_root, verify.trusted_root)
-        self.checker = SignatureChecker(
-            trust_root,
-            verify.identities,
+        self.checker = RekorChecker(
+            BundleChecker(trust_root, verify.identities),
             rekor_url=verify.rekor_url,
             fetcher=fetcher,
             executor=self.executor,

@@ -10,8 +10,10 @@ This module owns everything on the "Sigstore side" of the tests:
   tree, answering with inclusion proofs, signed checkpoints and SETs on the real v1 API shapes
   (served by an aiohttp ``web.Application``), with a request log and knobs to break it.
 * ``FakeSigstore`` -- ties them together: ``sign_blob`` produces the dl.k8s.io sidecars
-  (``.sig``/``.cert``) and logs the entry; ``trusted_root_json`` / ``client_trust_config_json``
-  produce the trust documents sigstore-python (library and CLI) needs to verify against it.
+  (``.sig``/``.cert``) and logs the entry; ``published_bundle`` writes the
+  ``<file>.sigstore.json`` cosign v3 would publish instead (any bundle media type);
+  ``trusted_root_json`` / ``client_trust_config_json`` produce the trust documents
+  sigstore-python (library and CLI) needs to verify against it.
 
 Nothing here mocks the verifier: every signature, proof and certificate is real cryptography, so
 anything ``sigstore.verify.Verifier`` accepts here it would accept from the public-good instance
@@ -41,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
+    "BUNDLE_MEDIA_TYPES",
     "CERT_LIFETIME",
     "DEFAULT_IDENTITY",
     "DEFAULT_ISSUER",
@@ -64,6 +67,14 @@ DEFAULT_NOW = datetime(2026, 1, 1, tzinfo=UTC)
 CERT_LIFETIME = timedelta(minutes=10)
 
 IssuerExtensions = Literal["both", "v1", "v2"]
+
+#: Sigstore bundle media types, by the short names tests use.
+BUNDLE_MEDIA_TYPES = {
+    "v0.1": "application/vnd.dev.sigstore.bundle+json;version=0.1",
+    "v0.2": "application/vnd.dev.sigstore.bundle+json;version=0.2",
+    "v0.3": "application/vnd.dev.sigstore.bundle.v0.3+json",
+    "v0.3-alt": "application/vnd.dev.sigstore.bundle+json;version=0.3",
+}
 
 # Fulcio's OIDC issuer extensions: .1.1 is the legacy one (raw UTF-8 bytes, not DER) that
 # sigstore's `policy.Identity` checks; .1.8 is the newer one (a DER UTF8String).
@@ -879,6 +890,67 @@ class FakeSigstore:
     def rekor_response(self, uuid: str) -> dict[str, Any] | None:
         """What `GET /api/v1/log/entries/{uuid}` would answer right now, without HTTP."""
         return self.rekor.response(uuid)
+
+    def published_bundle(
+        self,
+        blob: SignedBlob,
+        *,
+        media_type: str = "v0.3",
+        message_digest: bool = True,
+        inclusion_promise: bool = True,
+        indent: int | None = 2,
+    ) -> bytes:
+        """`<file>.sigstore.json` for `blob` as a cosign-style signer publishes it.
+
+        Built here from the log's current answer (so every tamper knob applies), independently
+        of the product's own bundle assembly. `media_type` is a key of `BUNDLE_MEDIA_TYPES`:
+        v0.1/v0.2 carry the leaf as a one-element `x509CertificateChain`, v0.3 as
+        `certificate`. `inclusion_promise=False` drops the SET (no signed time left at all);
+        `message_digest=False` leaves out the optional digest; `indent` shapes the bytes.
+        """
+        uuid = blob.logged_uuid
+        answer = self.rekor.response(uuid) if uuid is not None else None
+        if answer is None:
+            raise ValueError("nothing logged for this blob: there is no bundle to publish")
+        (entry,) = answer.values()
+        proof = entry["verification"]["inclusionProof"]
+        tlog_entry: dict[str, Any] = {
+            "logIndex": str(entry["logIndex"]),
+            "logId": {"keyId": _b64(bytes.fromhex(entry["logID"]))},
+            "kindVersion": {"kind": "hashedrekord", "version": "0.0.1"},
+            "integratedTime": str(entry["integratedTime"]),
+            "inclusionPromise": {
+                "signedEntryTimestamp": entry["verification"]["signedEntryTimestamp"]
+            },
+            "inclusionProof": {
+                "logIndex": str(proof["logIndex"]),
+                "rootHash": _b64(bytes.fromhex(proof["rootHash"])),
+                "treeSize": str(proof["treeSize"]),
+                "hashes": [_b64(bytes.fromhex(h)) for h in proof["hashes"]],
+                "checkpoint": {"envelope": proof["checkpoint"]},
+            },
+            "canonicalizedBody": entry["body"],
+        }
+        if not inclusion_promise:
+            del tlog_entry["inclusionPromise"]
+        leaf = {"rawBytes": _b64(blob.certificate.public_bytes(serialization.Encoding.DER))}
+        material: dict[str, Any] = {"tlogEntries": [tlog_entry]}
+        if media_type in ("v0.1", "v0.2"):
+            material["x509CertificateChain"] = {"certificates": [leaf]}
+        else:
+            material["certificate"] = leaf
+        signature: dict[str, Any] = {"signature": _b64(blob.signature)}
+        if message_digest:
+            signature["messageDigest"] = {
+                "algorithm": "SHA2_256",
+                "digest": _b64(blob.data_sha256),
+            }
+        bundle = {
+            "mediaType": BUNDLE_MEDIA_TYPES[media_type],
+            "verificationMaterial": material,
+            "messageSignature": signature,
+        }
+        return json.dumps(bundle, indent=indent).encode()
 
     # -- trust documents -----------------------------------------------------------------------
 
