@@ -1,9 +1,11 @@
-"""A real Rekor v2 bundle (sigstore-python's staging test asset) through the one offline check.
+"""Rekor v2 bundles (hashedrekord 0.0.2, time from an RFC 3161 timestamp, no SET) through the
+one offline check: what a release published with cosign v3 against Rekor v2 looks like.
 
-Its time comes from an RFC 3161 timestamp, not a SET, so this is what a release published with
-cosign v3 against Rekor v2 looks like. It must verify against the staging trust root that
-sigstore-python embeds, with the identity in its certificate, and fail for a flipped byte, under
-the production root, or for another identity. Offline only: the embedded root, never TUF.
+First a real one, sigstore-python's staging test asset: it must verify against the staging trust
+root sigstore-python embeds, with the identity in its certificate, and fail for a flipped byte,
+under the production root, or for another identity. Offline only: the embedded roots, never TUF.
+Then the fake stack's own (its log plus ``tests.fakes.tsa.FakeTSA``), for the cases a real vector
+cannot show: an untrusted timestamp authority, a timestamp outside the certificate's validity.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from sigstore.models import Bundle, ClientTrustConfig
 from mirror.config import IdentityConfig
 from mirror.errors import SignatureError
 from mirror.verify import BundleChecker, TrustRoot, compat, load_trust_root
-from tests.fakes.sigstore_stack import FakeSigstore
+from tests.fakes.sigstore_stack import DEFAULT_IDENTITY, DEFAULT_ISSUER, FakeSigstore
+from tests.fakes.tsa import FakeTSA
 
 VECTOR = Path(__file__).resolve().parent / "vectors/staging-rekor-v2"
 ARTIFACT = (VECTOR / "staging-rekor-v2.txt").read_bytes()
@@ -146,3 +149,99 @@ def test_timestamped_bundle_under_a_root_without_timestamp_authority_says_so(
     assert "signing time cannot be verified" in str(info.value)
     assert "lists no timestamp authority" in str(info.value)
     assert info.value.hint is not None and "production" in info.value.hint
+
+
+# --------------------------------------------------------------------------------------------
+# The fake stack's Rekor v2 bundles
+# --------------------------------------------------------------------------------------------
+
+FAKE_ARTIFACT = b"\x7fELF kubectl v2 " * 64
+
+
+@pytest.fixture
+def stack() -> FakeSigstore:
+    stack = FakeSigstore(timestamp_authority=True)
+    for i in range(3):  # siblings for the inclusion proof
+        stack.sign_blob(b"padding %d" % i)
+    return stack
+
+
+@pytest.fixture
+def fake_checker(stack: FakeSigstore, tmp_path: Path) -> BundleChecker:
+    root_path, _ = stack.write_trust_files(tmp_path, "http://127.0.0.1:9")
+    return BundleChecker(
+        load_trust_root(str(root_path)), [IdentityConfig(DEFAULT_IDENTITY, DEFAULT_ISSUER)]
+    )
+
+
+def test_fake_rekor_v2_bundle_verifies_with_its_detached_pair(
+    stack: FakeSigstore, fake_checker: BundleChecker
+) -> None:
+    bundle, blob = stack.published_bundle_v2(FAKE_ARTIFACT)
+    verified = fake_checker.check_bundle(
+        NAME, sha256_hex(FAKE_ARTIFACT), bundle, sig_text=blob.sig, cert_text=blob.cert
+    )
+    assert verified.bundle_bytes == bundle
+    assert (verified.form, verified.log_index) == ("rekor-v2", 3)
+    assert verified.identity == DEFAULT_IDENTITY
+
+
+def _edit(bundle: bytes, *path: str | int) -> bytes:
+    document = json.loads(bundle)
+    holder = document
+    for step in path[:-1]:
+        holder = holder[step]
+    raw = base64.b64decode(holder[path[-1]])
+    holder[path[-1]] = base64.b64encode(_flip(raw, 0)).decode()
+    return json.dumps(document).encode()
+
+
+FAKE_HOSTILE: dict[str, tuple[dict[str, object], str]] = {
+    "trusted root lists no timestamp authority": (
+        {"stack_without_tsa": True},
+        "lists no timestamp authority",
+    ),
+    "timestamp from an untrusted authority": (
+        {"tsa": "untrusted"},
+        "none of its RFC 3161 timestamps verifies",
+    ),
+    "no timestamp at all": ({"timestamp": False}, "neither a signed entry timestamp"),
+    "timestamp after the certificate expired": (
+        {"timestamp_offset_s": 3600},
+        "not valid at validation time",
+    ),
+    "another identity": (
+        {"identity": "krel-trust@k8s-releng-prod.iam.gserviceaccount.com"},
+        "wrong identity",
+    ),
+    "untrusted CA": ({"untrusted_ca": True}, "failed to build timestamp certificate chain"),
+    "signature over other bytes": (
+        {"sign_other_bytes": b"something else"},
+        "Signature is invalid for input",
+    ),
+    "bundle for another file": ({"checked": b"another file"}, "the bundle is for another file"),
+    "broken inclusion proof": ({"flip": ROOT_HASH}, "invalid log entry"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAKE_HOSTILE))
+def test_fake_rekor_v2_bundle_refused(
+    stack: FakeSigstore, fake_checker: BundleChecker, tmp_path: Path, case: str
+) -> None:
+    options, reason = FAKE_HOSTILE[case]
+    options = dict(options)
+    checked = options.pop("checked", FAKE_ARTIFACT)
+    flip = options.pop("flip", None)
+    if options.pop("tsa", None) == "untrusted":
+        options["tsa"] = FakeTSA(stack.now)
+    if options.pop("stack_without_tsa", False):
+        stack.timestamp_authority = False
+        root_path, _ = stack.write_trust_files(tmp_path, "http://127.0.0.1:9")
+        identities = [IdentityConfig(DEFAULT_IDENTITY, DEFAULT_ISSUER)]
+        fake_checker = BundleChecker(load_trust_root(str(root_path)), identities)
+    bundle, _ = stack.published_bundle_v2(FAKE_ARTIFACT, **options)
+    if flip is not None:
+        bundle = _edit(bundle, *flip)  # type: ignore[misc]
+    with pytest.raises(SignatureError, match=reason) as info:
+        fake_checker.check_bundle(NAME, sha256_hex(checked), bundle)  # type: ignore[arg-type]
+    assert str(info.value).startswith(NAME)
