@@ -297,3 +297,19 @@ def test_malformed_rekor_answer_is_refused(stack: FakeSigstore, case: str) -> No
     MALFORMED[case](answer)
     with pytest.raises(SignatureError, match=f"^{NAME}: malformed Rekor entry"):
         assemble_bundle(NAME, sha256_hex(ARTIFACT), blob.signature, blob.certificate, answer)
+
+
+def test_snake_case_field_names_sigstore_also_reads_get_the_same_early_checks(
+    stack: FakeSigstore, checker: BundleChecker
+) -> None:
+    """sigstore's parser also accepts the fields' own names; the early checks must read them
+    the same way, so they neither miss a refusal nor refuse a bundle sigstore would pass."""
+    blob = signed(stack)
+    document = json.loads(stack.published_bundle(blob))
+    entry = document["verificationMaterial"]["tlogEntries"][0]
+    entry["inclusion_promise"] = entry.pop("inclusionPromise")
+    document["message_signature"] = document.pop("messageSignature")
+    bundle = json.dumps(document).encode()
+    assert checker.check_bundle(NAME, sha256_hex(ARTIFACT), bundle).log_index == blob.log_index
+    with pytest.raises(SignatureError, match="the bundle is for another file"):
+        checker.check_bundle(NAME, sha256_hex(OTHER), bundle)

@@ -103,18 +103,17 @@ class BundleChecker:
             raise SignatureError(
                 f"{name}: bundle is {len(raw)} bytes, more than the {BUNDLE_MAX_BYTES} allowed"
             )
-        # (2) Plain, shallow JSON with no duplicate keys, so that what we read below and what
-        #     sigstore parses cannot disagree.
+        # (2) Plain, shallow JSON, no key given twice (a parser differential invites tricks),
+        #     of a media type this sigstore knows.
         text, document = _parse_json(name, raw)
-        if document.get("mediaType") not in _MEDIA_TYPES:
+        if (declared := _field(document, "mediaType")) not in _MEDIA_TYPES:
             raise SignatureError(
-                f"{name}: not a Sigstore bundle of a known version "
-                f"(mediaType {document.get('mediaType')!r})"
+                f"{name}: not a Sigstore bundle of a known version (mediaType {declared!r})"
             )
-        # (3) Early refusals with a message that says what is wrong; sigstore enforces both
-        #     again in (4). (a) The bundle signs this file, if it says which digest it signs.
-        #     (b) This trust root can establish a signing time: a SET (Rekor v1) or an RFC 3161
-        #     timestamp from an authority it lists (Rekor v2).
+        # (3) Early refusals with a message that says what is wrong; sigstore, authoritative,
+        #     enforces both again in (4). (a) The bundle signs this file, if it says which
+        #     digest it signs. (b) This trust root can establish a signing time: a SET (Rekor
+        #     v1) or an RFC 3161 timestamp from an authority it lists (Rekor v2).
         _require_digest(name, document, sha256_hex)
         self._require_time_evidence(name, document)
         # (4) sigstore-python's verification, its steps (0)-(8): time, chain at that time,
@@ -181,10 +180,11 @@ class BundleChecker:
 
 def _require_digest(name: str, document: dict[str, Any], sha256_hex: str) -> None:
     digest = _field(_field(document, "messageSignature"), "messageDigest")
-    if _field(digest, "algorithm") != "SHA2_256" or not isinstance(_field(digest, "digest"), str):
+    encoded = _field(digest, "digest")
+    if _field(digest, "algorithm") != "SHA2_256" or not isinstance(encoded, str):
         return
     try:
-        signed_hex = base64.b64decode(digest["digest"], validate=True).hex()
+        signed_hex = base64.b64decode(encoded, validate=True).hex()
     except (binascii.Error, ValueError):
         return  # malformed: sigstore's parser says so in (4)
     if signed_hex != sha256_hex.lower():
@@ -240,7 +240,27 @@ def _depth(value: Any) -> int:
 
 
 def _field(obj: object, key: str) -> Any:
-    return obj.get(key) if isinstance(obj, dict) else None
+    """``obj[key]`` in the protobuf JSON spelling (camelCase) or, as sigstore's parser also
+    accepts it, the field's own (snake_case); None when absent or ``obj`` is no object."""
+    if not isinstance(obj, dict):
+        return None
+    if key in obj:
+        return obj[key]
+    return obj.get(_SNAKE_CASE.get(key, key))
+
+
+_SNAKE_CASE = {
+    "mediaType": "media_type",
+    "verificationMaterial": "verification_material",
+    "tlogEntries": "tlog_entries",
+    "inclusionPromise": "inclusion_promise",
+    "signedEntryTimestamp": "signed_entry_timestamp",
+    "integratedTime": "integrated_time",
+    "timestampVerificationData": "timestamp_verification_data",
+    "rfc3161Timestamps": "rfc3161_timestamps",
+    "messageSignature": "message_signature",
+    "messageDigest": "message_digest",
+}
 
 
 def first_line(exc: BaseException) -> str:
