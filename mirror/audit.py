@@ -28,8 +28,9 @@ from mirror.config import IdentityConfig
 from mirror.digest import Digests, digest_file
 from mirror.errors import ConfigError, LocalStoreError, MirrorError
 from mirror.layout import RELEASE_DIR_NAME, STATE_DIR_NAME, TRUST_ROOT_RELPATH
+from mirror.sbom import SBOM_KINDS, SBOM_MAX_BYTES
 from mirror.store import Store, write_atomic
-from mirror.verify import SignatureChecker, TrustRoot, load_trust_root
+from mirror.verify import BundleChecker, TrustRoot, Verified, load_trust_root
 
 RELEASE_NOTES_INDEX = "release-notes-index.json"
 SMALL_FILE_MAX_BYTES = 4 << 20
@@ -63,13 +64,13 @@ class TreeAudit:
         self.resume = resume
         self.on_release = on_release
         self.result = AuditResult()
-        self._checker: SignatureChecker | None = None
+        self._checker: BundleChecker | None = None
 
     @property
     def progress_path(self) -> Path:
         return self.store.state / "audit-progress.json"
 
-    def checker(self) -> SignatureChecker:
+    def checker(self) -> BundleChecker:
         if self._checker is None:
             if not self.trusted_root_path.is_file():
                 raise ConfigError(
@@ -77,9 +78,7 @@ class TreeAudit:
                     source="verify",
                 )
             trust: TrustRoot = load_trust_root(str(self.trusted_root_path))
-            self._checker = SignatureChecker(
-                trust, self.identities, rekor_url="offline", fetcher=None, executor=None
-            )
+            self._checker = BundleChecker(trust, self.identities)
         return self._checker
 
     def run(self) -> AuditResult:
@@ -154,21 +153,23 @@ class TreeAudit:
         hashed = dict(zip(present, pool.map(digests_of, present), strict=True))
         digests = {rel: d for rel, d in hashed.items() if d is not None}
         binder = Binder(self.binding, None, tags_in(lambda rel: base / rel))
-        check_release(version, manifest, digests, reader(base), self, binder, self.result)
+        check_release(
+            version, manifest, digests, reader(lambda rel: base / rel), self, binder, self.result
+        )
 
     def check_bundle(
         self,
         name: str,
         sha256_hex: str,
-        bundle_json: str,
+        bundle: bytes | str,
         *,
         sig_text: bytes | None = None,
         cert_text: bytes | None = None,
-    ) -> str:
+    ) -> Verified:
         """The bundle check ``check_release`` asks for; the trust root is loaded on first use,
         so a tree of unsigned releases needs none."""
         return self.checker().check_bundle(
-            name, sha256_hex, bundle_json, sig_text=sig_text, cert_text=cert_text
+            name, sha256_hex, bundle, sig_text=sig_text, cert_text=cert_text
         )
 
     def _audit_top_level(self, releases: set[str]) -> None:
@@ -203,17 +204,19 @@ class TreeAudit:
             )
 
 
-def read_small(path: Path) -> bytes | None:
-    """A small file's bytes, or None if absent, unreadable, a symlink or implausibly big."""
+def read_small(path: Path, max_bytes: int = SMALL_FILE_MAX_BYTES) -> bytes | None:
+    """A small file's bytes, or None if absent, unreadable, a symlink or over ``max_bytes``."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
     with open(fd, "rb") as handle:
-        data = handle.read(SMALL_FILE_MAX_BYTES + 1)
-    return data if len(data) <= SMALL_FILE_MAX_BYTES else None
+        data = handle.read(max_bytes + 1)
+    return data if len(data) <= max_bytes else None
 
 
-def reader(base: Path) -> Callable[[str], bytes | None]:
-    """Reads the small files of the release directory ``base``."""
-    return lambda rel: read_small(base / rel)
+def reader(locate: Callable[[str], Path]) -> Callable[[str], bytes | None]:
+    """Reads the small files of a release, found by ``locate`` (the SBOMs may be larger)."""
+    return lambda rel: read_small(
+        locate(rel), SBOM_MAX_BYTES if rel in SBOM_KINDS else SMALL_FILE_MAX_BYTES
+    )

@@ -37,6 +37,7 @@ from mirror.errors import BindingError, IntegrityError, SignatureError
 from mirror.layout import BUNDLE_SUFFIX
 from mirror.manifest import FileRecord, Manifest, companion_of
 from mirror.sbom import RELEASE_SBOM, SBOM_KINDS
+from mirror.verify import Verified
 
 Reader = Callable[[str], bytes | None]
 """Reads a small file of the release by its path inside the release (None if absent)."""
@@ -68,17 +69,17 @@ class Problem:
 
 
 class BundleChecker(Protocol):
-    """Offline verification of a stored Sigstore bundle (``mirror.verify``)."""
+    """Offline verification of a Sigstore bundle (``mirror.verify.BundleChecker``)."""
 
     def check_bundle(
         self,
         name: str,
         sha256_hex: str,
-        bundle_json: str,
+        bundle: bytes | str,
         *,
         sig_text: bytes | None = None,
         cert_text: bytes | None = None,
-    ) -> str: ...
+    ) -> Verified: ...
 
 
 @dataclass
@@ -86,8 +87,8 @@ class CheckResult:
     problems: list[Problem] = field(default_factory=list)
     files_checked: int = 0
     signatures_checked: int = 0
-    identities: dict[str, str] = field(default_factory=dict)
-    """Primary path -> the identity its bundle verified under."""
+    verified: dict[str, Verified] = field(default_factory=dict)
+    """Primary path -> what its bundle's verification established (identity, log index)."""
     bindings: dict[str, str] = field(default_factory=dict)
     """Primary path -> the rule that bound it to its release (``off`` if binding is off)."""
     warnings: list[str] = field(default_factory=list)
@@ -207,18 +208,19 @@ def _check_vouchers(
         result.add(prefix + relpath + BUNDLE_SUFFIX, "bad-bundle", "no trust root to check it")
         return
     try:
-        identity = bundles.check_bundle(
+        verified = bundles.check_bundle(
             prefix + relpath,
             digests.sha256,
             bundle,
-            sig_text=read(relpath + ".sig") or b"",
-            cert_text=read(relpath + ".cert") or b"",
+            # Absent (a bundle-only release) is fine; present must agree with the bundle.
+            sig_text=read(relpath + ".sig"),
+            cert_text=read(relpath + ".cert"),
         )
     except IntegrityError as exc:
         result.add(prefix + relpath + BUNDLE_SUFFIX, "bad-bundle", str(exc))
         return
     result.signatures_checked += 1
-    result.identities[relpath] = identity
+    result.verified[relpath] = verified
 
 
 def raise_first(result: CheckResult) -> None:

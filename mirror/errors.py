@@ -2,7 +2,7 @@
 
 Everything the tool can fail with is a ``MirrorError``; only ``cli.py`` catches it and turns it
 into a one-line message and the exit code below. Third-party exceptions (aiohttp, sigstore,
-OSError from the disk) are translated where they enter: ``upstream.py``, ``verify.py``,
+OSError from the disk) are translated where they enter: ``upstream.py``, ``verify/``,
 ``store.py``.
 
     MirrorError                      1  (unexpected; never raised directly)

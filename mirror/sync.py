@@ -19,7 +19,6 @@ Imports neither click nor tqdm: the CLI hands in a ``Progress`` and gets a ``Run
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import time
@@ -61,10 +60,10 @@ from mirror.plan import (
 )
 from mirror.prune import PrunePlan, check_guard, execute_prune, plan_prune
 from mirror.report import Failure, RunReport, prune_reports, write_run_files
-from mirror.sbom import RELEASE_SBOM
+from mirror.sbom import RELEASE_SBOM, SBOM_MAX_BYTES
 from mirror.store import Store
 from mirror.upstream import Upstream
-from mirror.verify import SignatureChecker, load_trust_root
+from mirror.verify import BundleChecker, RekorChecker, load_trust_root
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -112,7 +111,7 @@ class SyncRun:
         self.executor = ThreadPoolExecutor(
             max_workers=max(2, config.upstream.concurrency), thread_name_prefix="k8s-mirror"
         )
-        self.checker: SignatureChecker | None = None
+        self.rekor: RekorChecker | None = None
         self.plan: Plan | None = None
         self.binding = BindingPolicy(config.verify.release_binding, config.verify.unbound_allowed)
 
@@ -198,7 +197,7 @@ class SyncRun:
         await self._in_thread(self.store.sweep)
         self.plan = await self._plan(offer)
         if self.plan.needs_signatures:
-            await self._prepare_checker(fetcher)
+            await self._prepare_rekor(fetcher)
         await self._fetch_and_promote(fetcher)
         await self._move_markers()
         if not self.report.failures:
@@ -243,12 +242,11 @@ class SyncRun:
             except PruneGuardError as exc:
                 self._record_error(exc.exit_code, str(exc))
 
-    async def _prepare_checker(self, fetcher: Fetcher) -> None:
+    async def _prepare_rekor(self, fetcher: Fetcher) -> None:
         verify = self.config.verify
         trust_root = await self._in_thread(load_trust_root, verify.trusted_root)
-        self.checker = SignatureChecker(
-            trust_root,
-            verify.identities,
+        self.rekor = RekorChecker(
+            BundleChecker(trust_root, verify.identities),
             rekor_url=verify.rekor_url,
             fetcher=fetcher,
             executor=self.executor,
@@ -297,7 +295,7 @@ class SyncRun:
                 if self.store.present(release.manifest, planned.relpath)
                 else self.store.staged_path(release.name, planned.relpath)
             )
-            data = await self._in_thread(read_small, where)
+            data = await self._in_thread(read_small, where, SBOM_MAX_BYTES)
             try:
                 if data is None:
                     raise BindingError(f"{planned.tree_path}: verified earlier, now unreadable")
@@ -362,29 +360,17 @@ class SyncRun:
             on_bytes=self.progress.file_bytes(name),
         )
         digests = Digests(downloaded.size_bytes, downloaded.sha256, downloaded.sha512)
-        record = FileRecord(digests.size_bytes, digests.sha256, digests.sha512, check="checksums")
         try:
             if planned.signed:
-                assert self.checker is not None
-                verified = await self.checker.check(
+                assert self.rekor is not None
+                bundle = await self.rekor.lookup(
                     name,
                     downloaded.sha256,
                     companions[planned.relpath.child(".sig")],
                     companions[planned.relpath.child(".cert")],
                 )
-                companions[planned.relpath.child(BUNDLE_SUFFIX)] = verified.bundle_json.encode()
-                record = FileRecord(
-                    digests.size_bytes,
-                    digests.sha256,
-                    digests.sha512,
-                    check="sigstore",
-                    identity=verified.identity,
-                    log_index=verified.log_index,
-                )
-            binding = await self._in_thread(
-                self._check, release, planned, digests, companions, part
-            )
-            record = dataclasses.replace(record, binding=binding)
+                companions[planned.relpath.child(BUNDLE_SUFFIX)] = bundle.encode()
+            record = await self._in_thread(self._check, release, planned, digests, companions, part)
         except IntegrityError:
             # Never usable. (A Rekor outage or an interruption keeps the verified download
             # for the next run.)
@@ -404,9 +390,9 @@ class SyncRun:
         digests: Digests,
         companions: dict[RelPath, bytes],
         part: Path,
-    ) -> str | None:
-        """(worker thread) The rules ``verify`` and ``import`` apply, on what was fetched;
-        returns the rule that bound the file to its release."""
+    ) -> FileRecord:
+        """(worker thread) The rules ``verify`` and ``import`` apply, on what was fetched
+        (the bundle verified here, once); returns what the manifest records."""
         index: dict[str, dict[str, str]] = {
             "sha256": {planned.relpath: planned.sha256},
             "sha512": {planned.relpath: planned.sha512},
@@ -414,18 +400,27 @@ class SyncRun:
 
         def read(rel: str) -> bytes | None:
             if rel == planned.relpath:
-                return read_small(part)  # only a .docker_tag's content is ever asked for
+                # Only a .docker_tag's or an SBOM's own content is ever asked for.
+                return read_small(part, SBOM_MAX_BYTES)
             return companions.get(RelPath(rel))
 
         binder = Binder(self.binding, release.evidence, lambda rel: lambda: image_repo_tags(part))
         result = CheckResult()
-        check_primary(
-            release.name, planned.relpath, digests, index, read, self.checker, binder, result
-        )
+        bundles = self.rekor.bundles if self.rekor is not None else None
+        check_primary(release.name, planned.relpath, digests, index, read, bundles, binder, result)
         raise_first(result)
         for warning in result.warnings:
             log.warning("%s", warning)
-        return result.bindings.get(planned.relpath)
+        verified = result.verified.get(planned.relpath)
+        return FileRecord(
+            digests.size_bytes,
+            digests.sha256,
+            digests.sha512,
+            check="sigstore" if verified else "checksums",
+            identity=verified.identity if verified else None,
+            log_index=verified.log_index if verified else None,
+            binding=result.bindings.get(planned.relpath),
+        )
 
     def _stage(
         self,

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn, Protocol
 
 from mirror import __version__, catalog
-from mirror.audit import TreeAudit, read_small
+from mirror.audit import TreeAudit, reader
 from mirror.binding import tags_in
 from mirror.catalog import RelPath, Version
 from mirror.check import Binder, BindingPolicy, check_release, check_signing_policy
@@ -1008,8 +1008,7 @@ class _Importer:
         return where
 
     def reader(self, version: str) -> Callable[[str], bytes | None]:
-        locate = self.locate(version)
-        return lambda rel: read_small(locate(rel))
+        return reader(self.locate(version))
 
     # -- driver ------------------------------------------------------------------------------
 

@@ -10,8 +10,11 @@ This module owns everything on the "Sigstore side" of the tests:
   tree, answering with inclusion proofs, signed checkpoints and SETs on the real v1 API shapes
   (served by an aiohttp ``web.Application``), with a request log and knobs to break it.
 * ``FakeSigstore`` -- ties them together: ``sign_blob`` produces the dl.k8s.io sidecars
-  (``.sig``/``.cert``) and logs the entry; ``trusted_root_json`` / ``client_trust_config_json``
-  produce the trust documents sigstore-python (library and CLI) needs to verify against it.
+  (``.sig``/``.cert``) and logs the entry; ``published_bundle`` writes the
+  ``<file>.sigstore.json`` cosign v3 would publish instead (any bundle media type), and
+  ``published_bundle_v2`` one with a Rekor v2 entry timestamped by ``tsa.FakeTSA``;
+  ``trusted_root_json`` / ``client_trust_config_json`` produce the trust documents
+  sigstore-python (library and CLI) needs to verify against it.
 
 Nothing here mocks the verifier: every signature, proof and certificate is real cryptography, so
 anything ``sigstore.verify.Verifier`` accepts here it would accept from the public-good instance
@@ -40,7 +43,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.fakes.tsa import FakeTSA
+
 __all__ = [
+    "BUNDLE_MEDIA_TYPES",
     "CERT_LIFETIME",
     "DEFAULT_IDENTITY",
     "DEFAULT_ISSUER",
@@ -64,6 +70,14 @@ DEFAULT_NOW = datetime(2026, 1, 1, tzinfo=UTC)
 CERT_LIFETIME = timedelta(minutes=10)
 
 IssuerExtensions = Literal["both", "v1", "v2"]
+
+#: Sigstore bundle media types, by the short names tests use.
+BUNDLE_MEDIA_TYPES = {
+    "v0.1": "application/vnd.dev.sigstore.bundle+json;version=0.1",
+    "v0.2": "application/vnd.dev.sigstore.bundle+json;version=0.2",
+    "v0.3": "application/vnd.dev.sigstore.bundle.v0.3+json",
+    "v0.3-alt": "application/vnd.dev.sigstore.bundle+json;version=0.3",
+}
 
 # Fulcio's OIDC issuer extensions: .1.1 is the legacy one (raw UTF-8 bytes, not DER) that
 # sigstore's `policy.Identity` checks; .1.8 is the newer one (a DER UTF8String).
@@ -707,6 +721,28 @@ class RekorLog:
         return app
 
 
+def _bundle_tlog_entry(answer: dict[str, Any], version: str) -> dict[str, Any]:
+    """A bundle's `tlogEntries` element from a Rekor v1-shaped answer (hex -> base64, 64-bit
+    integers as strings, as the protobuf JSON mapping writes them)."""
+    (entry,) = answer.values()
+    proof = entry["verification"]["inclusionProof"]
+    return {
+        "logIndex": str(entry["logIndex"]),
+        "logId": {"keyId": _b64(bytes.fromhex(entry["logID"]))},
+        "kindVersion": {"kind": "hashedrekord", "version": version},
+        "integratedTime": str(entry["integratedTime"]),
+        "inclusionPromise": {"signedEntryTimestamp": entry["verification"]["signedEntryTimestamp"]},
+        "inclusionProof": {
+            "logIndex": str(proof["logIndex"]),
+            "rootHash": _b64(bytes.fromhex(proof["rootHash"])),
+            "treeSize": str(proof["treeSize"]),
+            "hashes": [_b64(bytes.fromhex(h)) for h in proof["hashes"]],
+            "checkpoint": {"envelope": proof["checkpoint"]},
+        },
+        "canonicalizedBody": entry["body"],
+    }
+
+
 def _error(status: int, message: str) -> web.Response:
     # Rekor's error model: {"code": int, "message": str}.
     return web.json_response({"code": status, "message": message}, status=status)
@@ -750,13 +786,22 @@ class FakeSigstore:
     timezone-aware `now`; the default lies in the past, so certificates are expired "now".
     """
 
-    def __init__(self, *, now: datetime = DEFAULT_NOW, rekor_name: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        now: datetime = DEFAULT_NOW,
+        rekor_name: str | None = None,
+        timestamp_authority: bool = False,
+    ) -> None:
         #: The signing clock: `sign_blob` signs "at" this instant unless told otherwise.
         self.now = now
         self.ca = CertificateAuthority("fake-sigstore", now)
         # A look-alike chain that is NOT in the trusted root (for "untrusted CA" tests).
         self.untrusted_ca = CertificateAuthority("fake-sigstore", now)
         self.ct_log = CTLog()
+        self.tsa = FakeTSA(now)
+        #: Whether the trusted root lists `tsa` (needed for Rekor v2 style bundles).
+        self.timestamp_authority = timestamp_authority
         self.rekor = RekorLog(rekor_name) if rekor_name else RekorLog()
 
     # -- clock ---------------------------------------------------------------------------------
@@ -880,6 +925,111 @@ class FakeSigstore:
         """What `GET /api/v1/log/entries/{uuid}` would answer right now, without HTTP."""
         return self.rekor.response(uuid)
 
+    def published_bundle(
+        self,
+        blob: SignedBlob,
+        *,
+        media_type: str = "v0.3",
+        message_digest: bool = True,
+        inclusion_promise: bool = True,
+        indent: int | None = 2,
+    ) -> bytes:
+        """`<file>.sigstore.json` for `blob` as a cosign-style signer publishes it.
+
+        Built here from the log's current answer (so every tamper knob applies), independently
+        of the product's own bundle assembly. `media_type` is a key of `BUNDLE_MEDIA_TYPES`:
+        v0.1/v0.2 carry the leaf as a one-element `x509CertificateChain`, v0.3 as
+        `certificate`. `inclusion_promise=False` drops the SET (no signed time left at all);
+        `message_digest=False` leaves out the optional digest; `indent` shapes the bytes.
+        """
+        uuid = blob.logged_uuid
+        answer = self.rekor.response(uuid) if uuid is not None else None
+        if answer is None:
+            raise ValueError("nothing logged for this blob: there is no bundle to publish")
+        tlog_entry = _bundle_tlog_entry(answer, "0.0.1")
+        if not inclusion_promise:
+            del tlog_entry["inclusionPromise"]
+        leaf = {"rawBytes": _b64(blob.certificate.public_bytes(serialization.Encoding.DER))}
+        material: dict[str, Any] = {"tlogEntries": [tlog_entry]}
+        if media_type in ("v0.1", "v0.2"):
+            material["x509CertificateChain"] = {"certificates": [leaf]}
+        else:
+            material["certificate"] = leaf
+        signature: dict[str, Any] = {"signature": _b64(blob.signature)}
+        if message_digest:
+            signature["messageDigest"] = {
+                "algorithm": "SHA2_256",
+                "digest": _b64(blob.data_sha256),
+            }
+        bundle = {
+            "mediaType": BUNDLE_MEDIA_TYPES[media_type],
+            "verificationMaterial": material,
+            "messageSignature": signature,
+        }
+        return json.dumps(bundle, indent=indent).encode()
+
+    def published_bundle_v2(
+        self,
+        data: bytes,
+        *,
+        tsa: FakeTSA | None = None,
+        timestamp: bool = True,
+        timestamp_offset_s: int = 1,
+        **sign_opts: Any,
+    ) -> tuple[bytes, SignedBlob]:
+        """A Rekor v2 style `<file>.sigstore.json` for `data`, and the signing materials.
+
+        The entry is hashedrekord 0.0.2, appended to the log (inclusion proof + signed
+        checkpoint, no integrated time, no SET); the signing time is an RFC 3161 timestamp over
+        the signature from `tsa` (default: the one the trusted root lists), taken
+        `timestamp_offset_s` after signing. `timestamp=False` leaves it out. `sign_opts` go to
+        `sign_blob` (identity, issuer, untrusted_ca, sign_other_bytes, ...).
+        """
+        blob = self.sign_blob(data, log=False, **sign_opts)
+        cert_der = blob.certificate.public_bytes(serialization.Encoding.DER)
+        body = rfc8785.dumps(
+            {
+                "apiVersion": "0.0.2",
+                "kind": "hashedrekord",
+                "spec": {
+                    "hashedRekordV002": {
+                        "data": {"algorithm": "SHA2_256", "digest": _b64(blob.data_sha256)},
+                        "signature": {
+                            "content": _b64(blob.signature),
+                            "verifier": {
+                                "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                                "x509Certificate": {"rawBytes": _b64(cert_der)},
+                            },
+                        },
+                    }
+                },
+            }
+        )
+        entry = self.rekor.append(body, integrated_time=0)
+        answer = self.rekor.response(entry.uuid)
+        assert answer is not None
+        tlog_entry = _bundle_tlog_entry(answer, "0.0.2")
+        del tlog_entry["inclusionPromise"], tlog_entry["integratedTime"]
+        material: dict[str, Any] = {
+            "certificate": {"rawBytes": _b64(cert_der)},
+            "tlogEntries": [tlog_entry],
+        }
+        if timestamp:
+            when = blob.signed_at + timedelta(seconds=timestamp_offset_s)
+            token = (tsa or self.tsa).timestamp(blob.signature, when)
+            material["timestampVerificationData"] = {
+                "rfc3161Timestamps": [{"signedTimestamp": _b64(token)}]
+            }
+        bundle = {
+            "mediaType": BUNDLE_MEDIA_TYPES["v0.3"],
+            "verificationMaterial": material,
+            "messageSignature": {
+                "messageDigest": {"algorithm": "SHA2_256", "digest": _b64(blob.data_sha256)},
+                "signature": _b64(blob.signature),
+            },
+        }
+        return json.dumps(bundle, indent=2).encode(), blob
+
     # -- trust documents -----------------------------------------------------------------------
 
     def _valid_from(self) -> str:
@@ -929,7 +1079,9 @@ class FakeSigstore:
                     "logId": {"keyId": _b64(self.ct_log.log_id)},
                 }
             ],
-            "timestampAuthorities": [],
+            "timestampAuthorities": (
+                [self.tsa.trusted_root_entry(start)] if self.timestamp_authority else []
+            ),
         }
 
     def trusted_root_json(self, rekor_url: str) -> str:

@@ -1,0 +1,38 @@
+"""Sigstore verification of release files: the only package that imports sigstore.
+
+One job per module:
+
+* ``trust``    -- the trust root: production via TUF (falling back to the cached or embedded
+  copy), a pinned ``trusted_root.json``, and whether one is the embedded production root;
+* ``policy``   -- who may have signed: identity/issuer pairs, either issuer extension;
+* ``detached`` -- the ``.sig``/``.cert`` pair as dl.k8s.io publishes it;
+* ``bundle``   -- the one signature check: a Sigstore bundle against a digest, offline;
+* ``rekor``    -- online: a detached pair's Rekor v1 entry, looked up and assembled into a
+  bundle that ``bundle`` then checks;
+* ``compat``   -- every private sigstore-python call, pinned by its own tests.
+
+Callers use the names re-exported here.
+"""
+
+from mirror.verify.bundle import BUNDLE_MAX_BYTES, BundleChecker, Verified
+from mirror.verify.detached import CERT_MAX_BYTES, SIG_MAX_BYTES
+from mirror.verify.policy import AcceptedIdentities, IdentityPolicy
+from mirror.verify.rekor import RekorChecker, assemble_bundle, hashedrekord_body, rekor_uuid
+from mirror.verify.trust import TrustRoot, is_embedded_production_root, load_trust_root
+
+__all__ = [
+    "BUNDLE_MAX_BYTES",
+    "CERT_MAX_BYTES",
+    "SIG_MAX_BYTES",
+    "AcceptedIdentities",
+    "BundleChecker",
+    "IdentityPolicy",
+    "RekorChecker",
+    "TrustRoot",
+    "Verified",
+    "assemble_bundle",
+    "hashedrekord_body",
+    "is_embedded_production_root",
+    "load_trust_root",
+    "rekor_uuid",
+]
