@@ -24,6 +24,9 @@ from mirror.store import FileRecord
 from mirror.transfer.members import READ_BLOCK_BYTES
 from mirror.transfer.toc import Entry
 
+QUEUE_DEPTH = 4
+"""Blocks in flight to the worker: enough to keep it busy, few enough to bound memory."""
+
 
 class Sink(Protocol):
     def write(self, data: bytes, /) -> object: ...
@@ -35,7 +38,7 @@ class Background:
     A call's exception surfaces in the caller at the next ``submit`` or ``wait``.
     """
 
-    def __init__(self, depth: int = 4) -> None:
+    def __init__(self, depth: int = QUEUE_DEPTH) -> None:
         self.depth = depth
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="k8s-mirror-io")
         self._pending: deque[Future[object]] = deque()
