@@ -10,6 +10,7 @@ import os
 import subprocess
 import tarfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -216,22 +217,30 @@ def read_all(directory: Path, parts: list[Entry]) -> bytes:
         return buffered.read()
 
 
-def test_missing_part_is_named_before_anything_is_read(tmp_path: Path) -> None:
-    directory, parts = damaged_set(tmp_path)
-    (directory / "part-0002.tar").unlink()
-    with pytest.raises(IntegrityError, match=r"part-0002\.tar: missing \(listed in toc.json\)$"):
-        PartsReader(directory, parts).check_sizes()
-    with pytest.raises(IntegrityError, match=r"part-0002\.tar: missing"):
-        read_all(directory, parts)
+def remove(path: Path) -> None:
+    path.unlink()
 
 
-def test_truncated_part_is_named(tmp_path: Path) -> None:
-    directory, parts = damaged_set(tmp_path)
-    path = directory / "part-0002.tar"
+def cut_last_byte(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-1])
-    with pytest.raises(IntegrityError, match=r"part-0002\.tar: 1023 bytes, toc.json says 1024"):
+
+
+@pytest.mark.parametrize(
+    ("damage", "from_stat", "from_read"),
+    [
+        (remove, r"missing \(listed in toc.json\)$", "missing"),
+        (cut_last_byte, "1023 bytes, toc.json says 1024", r"1023 bytes, .*: truncated$"),
+    ],
+)
+def test_missing_or_truncated_part_is_named_before_anything_is_read(
+    tmp_path: Path, damage: Callable[[Path], None], from_stat: str, from_read: str
+) -> None:
+    directory, parts = damaged_set(tmp_path)
+    damage(directory / "part-0002.tar")
+    with pytest.raises(IntegrityError, match=r"part-0002\.tar: " + from_stat):
         PartsReader(directory, parts).check_sizes()
-    with pytest.raises(IntegrityError, match=r"part-0002\.tar: 1023 bytes, .*: truncated$"):
+    # Reading without the stat first finds the same, when it reaches that part.
+    with pytest.raises(IntegrityError, match=r"part-0002\.tar: " + from_read):
         read_all(directory, parts)
 
 
@@ -243,12 +252,15 @@ def test_longer_part_is_named(tmp_path: Path) -> None:
         read_all(directory, parts)
 
 
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1
+    path.write_bytes(bytes(data))
+
+
 def test_corrupt_part_is_named_when_its_end_is_reached(tmp_path: Path) -> None:
     directory, parts = damaged_set(tmp_path)
-    path = directory / "part-0003.tar"
-    data = bytearray(path.read_bytes())
-    data[10] ^= 1
-    path.write_bytes(bytes(data))
+    flip_byte(directory / "part-0003.tar", 10)
     PartsReader(directory, parts).check_sizes()  # same size: only the digest can tell
     with pytest.raises(IntegrityError, match=r"part-0003\.tar: sha256 differs .* corrupt$"):
         read_all(directory, parts)
@@ -257,10 +269,7 @@ def test_corrupt_part_is_named_when_its_end_is_reached(tmp_path: Path) -> None:
 def test_finish_current_names_the_part_being_read(tmp_path: Path) -> None:
     """A tar error inside a part is reported as that part when the part is damaged."""
     directory, parts = damaged_set(tmp_path)
-    path = directory / "part-0001.tar"
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 1
-    path.write_bytes(bytes(data))
+    flip_byte(directory / "part-0001.tar", -1)
     reader = PartsReader(directory, parts)
     reader.readinto(bytearray(100))
     with pytest.raises(IntegrityError, match=r"part-0001\.tar: sha256 differs"):

@@ -59,10 +59,12 @@ class Carried:
 
 
 class _Members:
-    """The members of one stream read so far: their names, and the small ones' content."""
+    """The members of one stream read so far: their names, and the small ones' content (the
+    release files go to ``staging``)."""
 
-    def __init__(self, source: Path) -> None:
+    def __init__(self, source: Path, staging: Staging) -> None:
         self.source = source
+        self.staging = staging
         self.seen: set[str] = set()
         self.manifests: dict[str, Manifest] = {}
         self.markers: dict[str, str] = {}
@@ -119,11 +121,11 @@ class SetSource:
         reader = PartsReader(self.toc.path.parent, self.toc.parts)
         reader.check_sizes()
         plan = planner(self.toc.manifests, self.toc.release_files())
-        members = _Members(self.path)
+        members = _Members(self.path, staging)
         try:
             with open_stream(reader) as tar:
                 for info in tar:
-                    self._take(tar, info, members, staging, plan)
+                    self._take(tar, info, members, plan)
             reader.drain()
         except (MirrorError, tarfile.TarError, EOFError, zlib.error) as exc:
             # Whatever went wrong inside a corrupt part is best reported as that part.
@@ -141,7 +143,6 @@ class SetSource:
         tar: tarfile.TarFile,
         info: tarfile.TarInfo,
         members: _Members,
-        staging: Staging,
         plan: ImportPlan,
     ) -> None:
         member = members.accept(info)
@@ -158,7 +159,7 @@ class SetSource:
             if member.relpath not in release.needed:
                 return  # the tree has it: its bytes are only checked as part of their part
             want_sha512 = release.carried.files[member.relpath].sha512 is not None
-            sha256 = staging.stage(tar, info, member, want_sha512=want_sha512).sha256
+            sha256 = members.staging.stage(tar, info, member, want_sha512=want_sha512).sha256
         else:
             sha256 = members.keep(tar, info, member)
         if sha256 != entry.sha256:
@@ -184,12 +185,12 @@ class ArchiveSource:
         self.path = path
 
     def read(self, staging: Staging, planner: Planner) -> Carried:
-        members = _Members(self.path)
+        members = _Members(self.path, staging)
         read: dict[str, tuple[int, str]] = {}
         try:
             with open_stream(self.path) as tar:
                 for info in tar:
-                    self._take(tar, info, members, staging, read)
+                    self._take(tar, info, members, read)
         except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
             raise IntegrityError(f"{self.path}: not a valid tar archive: {exc}") from None
         except OSError as exc:
@@ -212,7 +213,6 @@ class ArchiveSource:
         tar: tarfile.TarFile,
         info: tarfile.TarInfo,
         members: _Members,
-        staging: Staging,
         read: dict[str, tuple[int, str]],
     ) -> None:
         member = members.accept(info)
@@ -227,7 +227,7 @@ class ArchiveSource:
                     f"{info.name}: not in a manifest that precedes it, or of another size"
                 )
             want_sha512 = record.sha512 is not None
-            sha256 = staging.stage(tar, info, member, want_sha512=want_sha512).sha256
+            sha256 = members.staging.stage(tar, info, member, want_sha512=want_sha512).sha256
         else:
             sha256 = members.keep(tar, info, member)
         if member.kind is not MemberKind.ARCHIVE_END:
