@@ -43,8 +43,10 @@ class MultiHash:
         self.size_bytes = 0
 
     def update(self, data: BytesLike, /) -> None:
-        self.update_sha256(data)
-        self.update_sha512(data)
+        self._sha256.update(data)
+        if self._sha512 is not None:
+            self._sha512.update(data)
+        self.size_bytes += len(data)
 
     def update_sha256(self, data: BytesLike, /) -> None:
         """The size and sha256 half of ``update``. Fed with ``update_sha512`` on another thread
