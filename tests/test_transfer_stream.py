@@ -151,9 +151,9 @@ def test_a_failing_sink_fails_the_stream_and_stops_the_worker(tmp_path: Path) ->
 # --- parts ------------------------------------------------------------------------------------
 
 
-def cut(directory: Path, stream: bytes, max_size: int, write_bytes: int) -> PartSink:
+def cut(directory: Path, stream: bytes, max_part_bytes: int, write_bytes: int) -> PartSink:
     directory.mkdir(exist_ok=True)
-    sink = PartSink(directory, max_size)
+    sink = PartSink(directory, max_part_bytes)
     for offset in range(0, len(stream), write_bytes):
         sink.write(stream[offset : offset + write_bytes])
     sink.close()
@@ -161,7 +161,7 @@ def cut(directory: Path, stream: bytes, max_size: int, write_bytes: int) -> Part
 
 
 @pytest.mark.parametrize(
-    ("stream_bytes", "max_size", "write_bytes"),
+    ("stream_bytes", "max_part_bytes", "write_bytes"),
     [
         (4096, 1024, 1024),  # parts end exactly where writes end
         (4097, 1024, 1024),  # one byte spills into a last part
@@ -171,16 +171,19 @@ def cut(directory: Path, stream: bytes, max_size: int, write_bytes: int) -> Part
     ],
 )
 def test_parts_cut_at_the_size_and_read_back(
-    tmp_path: Path, stream_bytes: int, max_size: int, write_bytes: int
+    tmp_path: Path, stream_bytes: int, max_part_bytes: int, write_bytes: int
 ) -> None:
     stream = os.urandom(stream_bytes)
-    sink = cut(tmp_path / "set", stream, max_size, write_bytes)
-    expected_parts = -(-stream_bytes // max_size)
+    sink = cut(tmp_path / "set", stream, max_part_bytes, write_bytes)
+    expected_parts = -(-stream_bytes // max_part_bytes)
     assert [p.path for p in sink.parts] == [
         f"part-{i:04d}.tar" for i in range(1, expected_parts + 1)
     ]
-    assert sink.stream_size == stream_bytes
-    assert all(p.size == max_size for p in sink.parts[:-1]) and 0 < sink.parts[-1].size <= max_size
+    assert sink.stream_bytes == stream_bytes
+    assert (
+        all(p.size == max_part_bytes for p in sink.parts[:-1])
+        and 0 < sink.parts[-1].size <= max_part_bytes
+    )
     for part in sink.parts:
         data = (tmp_path / "set" / part.path).read_bytes()
         assert part == Entry(part.path, len(data), hashlib.sha256(data).hexdigest())

@@ -165,7 +165,7 @@ def write_sample_toc(directory: Path) -> dict[str, Any]:
     write_toc(
         directory,
         since={"mode": "toc", "from": "earlier", "time": None},
-        stream_size=20480,
+        stream_bytes=20480,
         parts=[Entry("part-0001.tar", 10240, SHA_A), Entry("part-0002.tar", 10240, SHA_B)],
         files=[
             Entry(".k8s-mirror/manifests/v1.34.2.json", 300, SHA_A),

@@ -25,7 +25,7 @@ from mirror.errors import ConfigError, IntegrityError, LocalStoreError
 from mirror.layout import RELEASE_DIR_NAME, TRUST_ROOT_RELPATH
 from mirror.store import Manifest, Store
 from mirror.transfer.members import manifest_member, release_member
-from mirror.transfer.parts import DEFAULT_MAX_PART_SIZE, PartSink
+from mirror.transfer.parts import DEFAULT_MAX_PART_BYTES, PartSink
 from mirror.transfer.tarstream import TarWriter, write_stream
 from mirror.transfer.toc import TOC_NAME, Entry, TocRelease, iso_time, load_state, write_toc
 
@@ -242,7 +242,7 @@ def export_set(
     output: Path,
     *,
     since: str | None = None,
-    max_part_size: int = DEFAULT_MAX_PART_SIZE,
+    max_part_size: int = DEFAULT_MAX_PART_BYTES,
     releases: Sequence[str] = (),
     lock_wait_s: float = 0.0,
 ) -> ExportResult:
@@ -261,7 +261,7 @@ def export_set(
             write_toc(
                 output,
                 since=baseline.to_json() if baseline is not None else None,
-                stream_size=sink.stream_size,
+                stream_bytes=sink.stream_bytes,
                 parts=sink.parts,
                 files=files,
                 releases=exporter.toc_releases(),
@@ -277,7 +277,7 @@ def export_set(
         output=output,
         parts=sink.parts,
         files=len(files),
-        stream_bytes=sink.stream_size,
+        stream_bytes=sink.stream_bytes,
         releases={r.version: (len(r.carry), len(r.requires)) for r in exporter.plan},
         markers=exporter.markers,
         incremental=baseline is not None,

@@ -19,12 +19,12 @@ from mirror.transfer.archive import archive_compression
 from mirror.transfer.check import choose_trust_root, verify_staged
 from mirror.transfer.plan import plan_import
 from mirror.transfer.promote import ImportResult, promote
-from mirror.transfer.sources import ArchiveSource, SetSource
+from mirror.transfer.sources import ArchiveSource, SetSource, Source
 from mirror.transfer.staging import Staging
 from mirror.transfer.toc import TOC_NAME, Toc
 
 
-def open_source(source: Path) -> SetSource | ArchiveSource:
+def open_source(source: Path) -> Source:
     """A set directory, its toc.json, or a ``fetch --archive`` file (by suffix)."""
     if source.is_dir():
         if not (source / TOC_NAME).is_file():

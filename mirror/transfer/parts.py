@@ -21,8 +21,8 @@ from mirror.store import fsync_dir
 from mirror.transfer.members import READ_BLOCK_BYTES
 from mirror.transfer.toc import Entry, part_name
 
-DEFAULT_MAX_PART_SIZE = 4 << 30
-MIN_PART_SIZE = 1024
+DEFAULT_MAX_PART_BYTES = 4 << 30
+MIN_PART_BYTES = 1024
 _SIZE_RE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
 
 
@@ -34,40 +34,40 @@ def parse_size(text: str) -> int:
             f"{text!r} is not a size like 4G, 700M or 1048576", source="--max-part-size"
         )
     value = int(match[1]) << (10 * " KMGT".index((match[2] or " ").upper()))
-    if value < MIN_PART_SIZE:
-        raise ConfigError(f"must be at least {MIN_PART_SIZE} bytes", source="--max-part-size")
+    if value < MIN_PART_BYTES:
+        raise ConfigError(f"must be at least {MIN_PART_BYTES} bytes", source="--max-part-size")
     return value
 
 
 class PartSink:
-    """Cuts one byte stream into ``part-0001.tar``, ... of at most ``max_size`` bytes each,
+    """Cuts one byte stream into ``part-0001.tar``, ... of at most ``max_part_bytes`` bytes each,
     hashing every part as it goes. Parts are created exclusively and fsynced; ``abort``
     removes every part this sink created."""
 
-    def __init__(self, directory: Path, max_size: int) -> None:
+    def __init__(self, directory: Path, max_part_bytes: int) -> None:
         self.directory = directory
-        self.max_size = max_size
+        self.max_part_bytes = max_part_bytes
         self.parts: list[Entry] = []
         self.created: list[Path] = []
-        self.stream_size = 0
+        self.stream_bytes = 0
         self._handle: IO[bytes] | None = None
         self._hash = MultiHash(sha512=False)
 
     def write(self, data: bytes, /) -> None:
         view = memoryview(data)
-        self.stream_size += len(view)
+        self.stream_bytes += len(view)
         while view:
             if self._handle is None:
                 self._open_next()
             assert self._handle is not None
-            chunk = view[: self.max_size - self._hash.size_bytes]
+            chunk = view[: self.max_part_bytes - self._hash.size_bytes]
             try:
                 self._handle.write(chunk)
             except OSError as exc:
                 raise LocalStoreError(f"{self._handle.name}: cannot write: {exc.strerror}") from exc
             self._hash.update(chunk)
             view = view[len(chunk) :]
-            if self._hash.size_bytes == self.max_size:
+            if self._hash.size_bytes == self.max_part_bytes:
                 self._close_current()
 
     def _open_next(self) -> None:

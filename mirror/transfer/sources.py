@@ -22,6 +22,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from mirror import catalog
 from mirror.digest import digest_bytes
@@ -56,6 +57,16 @@ class Carried:
     plan: ImportPlan
     markers: dict[str, str]
     trust_root: bytes | None
+
+
+class Source(Protocol):
+    """Where an import's files come from. ``read`` stages the files the plan needs (the
+    source calls ``planner`` once it knows the carried manifests and files) and returns the
+    plan with what else travelled; it raises on anything it cannot vouch for."""
+
+    path: Path
+
+    def read(self, staging: Staging, planner: Planner) -> Carried: ...
 
 
 class _Members:

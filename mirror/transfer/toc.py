@@ -79,7 +79,7 @@ def write_toc(
     directory: Path,
     *,
     since: Mapping[str, Any] | None,
-    stream_size: int,
+    stream_bytes: int,
     parts: Sequence[Entry],
     files: Sequence[Entry],
     releases: Mapping[str, TocRelease],
@@ -96,7 +96,7 @@ def write_toc(
         "since": dict(since) if since is not None else None,
         "stream": {
             "layout": "one POSIX tar stream; parts are consecutive byte ranges of it",
-            "size": stream_size,
+            "size": stream_bytes,
         },
         "parts": [p.to_json("name") for p in parts],
         "files": [f.to_json() for f in files],
