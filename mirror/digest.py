@@ -21,6 +21,9 @@ from mirror.errors import LocalStoreError
 
 READ_BYTES = 1 << 20
 
+BytesLike = bytes | bytearray | memoryview
+"""What hashlib takes without a copy."""
+
 
 @dataclass(frozen=True)
 class Digests:
@@ -39,11 +42,22 @@ class MultiHash:
         self._sha512 = hashlib.sha512() if sha512 else None
         self.size_bytes = 0
 
-    def update(self, data: bytes, /) -> None:
+    def update(self, data: BytesLike, /) -> None:
         self._sha256.update(data)
         if self._sha512 is not None:
             self._sha512.update(data)
         self.size_bytes += len(data)
+
+    def update_sha256(self, data: BytesLike, /) -> None:
+        """The size and sha256 half of ``update``. Fed with ``update_sha512`` on another thread
+        (the same bytes, in the same order), two cores hash one stream."""
+        self._sha256.update(data)
+        self.size_bytes += len(data)
+
+    def update_sha512(self, data: BytesLike, /) -> None:
+        """The sha512 half of ``update`` (nothing if this hash was made without sha512)."""
+        if self._sha512 is not None:
+            self._sha512.update(data)
 
     def result(self) -> Digests:
         sha512 = self._sha512.hexdigest() if self._sha512 is not None else None
