@@ -115,6 +115,11 @@ class HashingWriter:
             raise LocalStoreError(f"{self.path}: cannot write: {exc.strerror}") from exc
         self.hash.update(chunk)
 
+    def write_all(self, chunks: list[bytes], /) -> None:
+        """``write`` each chunk in order: one thread hop for a batch of received chunks."""
+        for chunk in chunks:
+            self.write(chunk)
+
     def finish(self) -> Digests:
         """Flush, fsync and close; the digests of the whole file."""
         try:

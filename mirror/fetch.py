@@ -278,22 +278,43 @@ class Fetcher:
     async def _pump(
         self, url: str, response: Any, writer: HashingWriter, on_bytes: ProgressFn | None
     ) -> None:
+        """Hand the body to the writer thread in batches of about ``CHUNK_BYTES``, one batch
+        in flight. The batch is a list of the chunks as received: joining them here would be
+        one more copy of every byte on the event loop, the busiest thread of a download."""
         loop = asyncio.get_running_loop()
         pending: asyncio.Future[None] | None = None
         received = writer.size_bytes
+        batch: list[bytes] = []
+        batch_bytes = 0
         try:
-            async for chunk in response.content.iter_chunked(CHUNK_BYTES):
-                received += len(chunk)
-                if received > self.config.max_file_size_bytes:
-                    raise IntegrityError(f"{url}: body exceeds upstream.max_file_size_bytes")
+            while True:
+                chunk, end_of_http_chunk = await response.content.readchunk()
+                if not chunk and end_of_http_chunk:
+                    continue  # a chunked body's chunk boundary, not the end of the body
+                if chunk:
+                    received += len(chunk)
+                    if received > self.config.max_file_size_bytes:
+                        raise IntegrityError(f"{url}: body exceeds upstream.max_file_size_bytes")
+                    batch.append(chunk)
+                    batch_bytes += len(chunk)
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+                    if batch_bytes < CHUNK_BYTES:
+                        continue
                 if pending is not None:
                     await pending
-                pending = loop.run_in_executor(self.executor, writer.write, chunk)
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
+                    pending = None
+                if batch:
+                    pending = loop.run_in_executor(self.executor, writer.write_all, batch)
+                    batch, batch_bytes = [], 0
+                if not chunk:
+                    break
         finally:
             if pending is not None:
                 await asyncio.shield(pending)
+            if batch:
+                # What arrived before a failure is a valid prefix: keep it for resume.
+                await asyncio.shield(loop.run_in_executor(self.executor, writer.write_all, batch))
 
 
 def _open_writer(part: Path, offset: int, meta: dict[str, Any]) -> HashingWriter:

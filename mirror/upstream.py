@@ -76,6 +76,10 @@ async def translate_errors(url: str) -> AsyncIterator[None]:
         raise TransientError(f"{url}: {exc.__class__.__name__}: {exc}") from exc
 
 
+READ_BUFFER_BYTES = 1 << 20
+"""Per connection; eight downloads at once buffer at most 16 MiB."""
+
+
 class Upstream:
     """Owns the run's ``aiohttp.ClientSession`` (one per run, as aiohttp wants)."""
 
@@ -99,6 +103,9 @@ class Upstream:
             # undo a Content-Encoding the server chose.
             auto_decompress=False,
             raise_for_status=False,
+            # aiohttp pauses a connection's reading at twice this much buffered; at its
+            # default (64 KiB) that is after nearly every socket read of a fast download.
+            read_bufsize=READ_BUFFER_BYTES,
         )
         return self
 
