@@ -21,7 +21,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from mirror import verify
 from mirror.binding import tags_in
 from mirror.check import Binder, BindingPolicy, CheckResult, check_release
 from mirror.config import IdentityConfig
@@ -30,7 +32,9 @@ from mirror.errors import ConfigError, LocalStoreError, MirrorError
 from mirror.layout import RELEASE_DIR_NAME, STATE_DIR_NAME, TRUST_ROOT_RELPATH
 from mirror.sbom import SBOM_KINDS, SBOM_MAX_BYTES
 from mirror.store import Store, write_atomic
-from mirror.verify import BundleChecker, TrustRoot, Verified, load_trust_root
+
+if TYPE_CHECKING:
+    from mirror.verify import BundleChecker, TrustRoot, Verified
 
 RELEASE_NOTES_INDEX = "release-notes-index.json"
 SMALL_FILE_MAX_BYTES = 4 << 20
@@ -77,8 +81,8 @@ class TreeAudit:
                     f"{self.trusted_root_path}: no trust root in the tree; pass --trusted-root",
                     source="verify",
                 )
-            trust: TrustRoot = load_trust_root(str(self.trusted_root_path))
-            self._checker = BundleChecker(trust, self.identities)
+            trust: TrustRoot = verify.load_trust_root(str(self.trusted_root_path))
+            self._checker = verify.BundleChecker(trust, self.identities)
         return self._checker
 
     def run(self) -> AuditResult:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mirror import catalog
 from mirror.binding import ReleaseSbom, TagsOf, bind
@@ -37,7 +37,9 @@ from mirror.errors import BindingError, IntegrityError, SignatureError
 from mirror.layout import BUNDLE_SUFFIX
 from mirror.manifest import FileRecord, Manifest, companion_of
 from mirror.sbom import RELEASE_SBOM, SBOM_KINDS
-from mirror.verify import Verified
+
+if TYPE_CHECKING:
+    from mirror.verify import Verified
 
 Reader = Callable[[str], bytes | None]
 """Reads a small file of the release by its path inside the release (None if absent)."""

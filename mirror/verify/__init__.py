@@ -11,14 +11,44 @@ One job per module:
   bundle that ``bundle`` then checks;
 * ``compat``   -- every private sigstore-python call, pinned by its own tests.
 
-Callers use the names re-exported here.
+Callers use the names re-exported here. They are loaded on first use: importing sigstore
+costs about half a second of CPU, which a run with nothing to verify (a no-change re-sync,
+``status``) should not pay.
 """
 
-from mirror.verify.bundle import BUNDLE_MAX_BYTES, BundleChecker, Verified
-from mirror.verify.detached import CERT_MAX_BYTES, SIG_MAX_BYTES
-from mirror.verify.policy import AcceptedIdentities, IdentityPolicy
-from mirror.verify.rekor import RekorChecker, assemble_bundle, hashedrekord_body, rekor_uuid
-from mirror.verify.trust import TrustRoot, is_embedded_production_root, load_trust_root
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mirror.verify.bundle import BUNDLE_MAX_BYTES, BundleChecker, Verified
+    from mirror.verify.detached import CERT_MAX_BYTES, SIG_MAX_BYTES
+    from mirror.verify.policy import AcceptedIdentities, IdentityPolicy
+    from mirror.verify.rekor import (
+        RekorChecker,
+        assemble_bundle,
+        hashedrekord_body,
+        rekor_uuid,
+    )
+    from mirror.verify.trust import TrustRoot, is_embedded_production_root, load_trust_root
+
+_HOME = {
+    "BUNDLE_MAX_BYTES": "bundle",
+    "BundleChecker": "bundle",
+    "Verified": "bundle",
+    "CERT_MAX_BYTES": "detached",
+    "SIG_MAX_BYTES": "detached",
+    "AcceptedIdentities": "policy",
+    "IdentityPolicy": "policy",
+    "RekorChecker": "rekor",
+    "assemble_bundle": "rekor",
+    "hashedrekord_body": "rekor",
+    "rekor_uuid": "rekor",
+    "TrustRoot": "trust",
+    "is_embedded_production_root": "trust",
+    "load_trust_root": "trust",
+}
 
 __all__ = [
     "BUNDLE_MAX_BYTES",
@@ -36,3 +66,12 @@ __all__ = [
     "load_trust_root",
     "rekor_uuid",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
