@@ -35,6 +35,13 @@ def companions(relpath: RelPath, *, signed: bool) -> tuple[RelPath, ...]:
     return tuple(relpath.child(s) for s in suffixes)
 
 
+def required_companions(relpath: RelPath, *, signed: bool) -> tuple[RelPath, ...]:
+    """The companions a primary cannot be accepted without: both digest sidecars and, if
+    signed, the bundle (``.sig``/``.cert`` are kept when upstream publishes them)."""
+    suffixes: tuple[str, ...] = catalog.SIDECAR_DIGESTS + ((BUNDLE_SUFFIX,) if signed else ())
+    return tuple(relpath.child(s) for s in suffixes)
+
+
 def sums_files() -> tuple[RelPath, ...]:
     """The SUMS files and their digest sidecars, kept with every release."""
     return tuple(
@@ -89,6 +96,9 @@ class FileRecord:
     log_index: int | None = None
     binding: str | None = None
     """For a primary: the rule that bound it to its release (see ``binding.py``), or ``off``."""
+    bundle: str | None = None
+    """For a signed primary: ``upstream`` (published as ``.sigstore.json``, stored as is) or
+    ``assembled`` (built from the Rekor entry of its ``.sig``/``.cert``)."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
