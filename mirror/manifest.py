@@ -141,6 +141,17 @@ class Manifest:
             detail = "nested too deeply" if isinstance(exc, RecursionError) else exc
             raise LocalStoreError(f"{source}: unreadable manifest: {detail}") from None
 
+    def binding_summary(self) -> str:
+        """How the release's primary files are bound to it: ``sbom`` (every one, by the rules
+        of ``binding.py``), ``unbound`` (release binding was off) or ``unknown`` (mirrored
+        before k8s-mirror recorded bindings)."""
+        rules = {r.binding for r in self.files.values() if r.check in ("sigstore", "checksums")}
+        if "off" in rules:
+            return "unbound"
+        if None in rules or not rules:
+            return "unknown"
+        return "sbom"
+
     def merged(self, records: Mapping[str, FileRecord]) -> Manifest:
         """A copy with ``records`` added (a manifest only ever grows by promotion)."""
         return Manifest(self.version, {**self.files, **records}, self.updated_at)

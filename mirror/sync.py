@@ -552,7 +552,11 @@ class SyncRun:
         """Every failure is logged once, here, and counted."""
         self.report.failures.append(failure)
         self.report.files_failed += 1
-        log.error("%s: %s", failure.path, failure.reason)
+        # Most reasons already start with the path they concern.
+        line = failure.reason
+        if not line.startswith(failure.path):
+            line = f"{failure.path}: {line}"
+        log.error("%s%s", line, f" (hint: {failure.hint})" if failure.hint else "")
 
     def _conclude(self) -> None:
         """Decide the run's outcome and exit code from what happened."""
