@@ -27,9 +27,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from mirror import catalog
+from mirror import catalog, verify
 from mirror.audit import read_small
 from mirror.binding import ReleaseSbom, image_repo_tags
 from mirror.catalog import PlannedFile, RelPath, Selection
@@ -65,7 +65,9 @@ from mirror.report import Failure, RunReport, prune_reports, write_run_files
 from mirror.sbom import RELEASE_SBOM, SBOM_MAX_BYTES
 from mirror.store import Store
 from mirror.upstream import Upstream
-from mirror.verify import BundleChecker, RekorChecker, load_trust_root
+
+if TYPE_CHECKING:
+    from mirror.verify import BundleChecker, RekorChecker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,6 +117,7 @@ class SyncRun:
         )
         self.bundles: BundleChecker | None = None
         self.rekor: RekorChecker | None = None
+        self.rekor_fetcher: Fetcher | None = None
         self.plan: Plan | None = None
         self.binding = BindingPolicy(config.verify.release_binding, config.verify.unbound_allowed)
 
@@ -144,6 +147,8 @@ class SyncRun:
                         await self._recorded(self._sync(fetcher, offer))
                 finally:
                     self.report.retries = fetcher.retries_done
+                    if self.rekor_fetcher is not None:
+                        self.report.retries += self.rekor_fetcher.retries_done
         except MirrorError as exc:
             if self.report.exit_code is None:
                 self._record_error(exc.exit_code, str(exc))
@@ -248,12 +253,20 @@ class SyncRun:
     async def _prepare_signatures(self, fetcher: Fetcher) -> None:
         """The bundle checker (built once per run) and, when a Rekor URL is configured, the
         lookup that assembles bundles for files published with ``.sig``/``.cert`` only."""
-        verify = self.config.verify
-        trust_root = await self._in_thread(load_trust_root, verify.trusted_root)
-        self.bundles = BundleChecker(trust_root, verify.identities)
-        if verify.rekor_url:
-            self.rekor = RekorChecker(
-                self.bundles, rekor_url=verify.rekor_url, fetcher=fetcher, executor=self.executor
+        settings = self.config.verify
+        trust_root = await self._in_thread(verify.load_trust_root, settings.trusted_root)
+        self.bundles = verify.BundleChecker(trust_root, settings.identities)
+        if settings.rekor_url:
+            # Rekor is another service than upstream: its lookups get a concurrency bound of
+            # their own, so they overlap the downloads instead of queueing behind them.
+            self.rekor_fetcher = Fetcher(
+                fetcher.upstream, self.config.upstream, executor=self.executor
+            )
+            self.rekor = verify.RekorChecker(
+                self.bundles,
+                rekor_url=settings.rekor_url,
+                fetcher=self.rekor_fetcher,
+                executor=self.executor,
             )
         # The tree carries the trust root its bundles were verified against, before any
         # bundle that needs it becomes visible.
@@ -362,19 +375,28 @@ class SyncRun:
         part = self.store.partial_path(release.name, planned.relpath)
         companions, form = await fetch_companions(fetcher, planned, release.form)
         release.form = release.form or form
-        downloaded = await fetcher.download(
-            fetcher.upstream.release_url(name),
-            part,
-            sha256=planned.sha256,
-            sha512=planned.sha512,
-            on_bytes=self.progress.file_bytes(name),
-        )
-        digests = Digests(downloaded.size_bytes, downloaded.sha256, downloaded.sha512)
         bundle_path = planned.relpath.child(BUNDLE_SUFFIX)
         assembled = planned.signed and bundle_path not in companions
+        lookup: asyncio.Task[bytes] | None = None
+        if assembled:
+            # The Rekor entry depends only on SUMS's sha256 and the signature pair, so its
+            # round trip overlaps the download; the bundle is checked after both, in _check.
+            lookup = asyncio.create_task(self._assemble_bundle(planned, companions))
         try:
-            if assembled:
-                companions[bundle_path] = await self._assemble_bundle(planned, digests, companions)
+            downloaded = await fetcher.download(
+                fetcher.upstream.release_url(name),
+                part,
+                sha256=planned.sha256,
+                sha512=planned.sha512,
+                on_bytes=self.progress.file_bytes(name),
+            )
+        except BaseException:
+            await _abandon(lookup)
+            raise
+        digests = Digests(downloaded.size_bytes, downloaded.sha256, downloaded.sha512)
+        try:
+            if lookup is not None:
+                companions[bundle_path] = await lookup
             record = await self._in_thread(self._check, release, planned, digests, companions, part)
             if planned.signed:
                 record = dataclasses.replace(
@@ -393,7 +415,7 @@ class SyncRun:
         return digests.size_bytes
 
     async def _assemble_bundle(
-        self, planned: PlannedFile, digests: Digests, companions: dict[RelPath, bytes]
+        self, planned: PlannedFile, companions: dict[RelPath, bytes]
     ) -> bytes:
         """Upstream published no bundle: build one from the Rekor entry of ``.sig``/``.cert``."""
         name = str(planned.tree_path)
@@ -405,7 +427,7 @@ class SyncRun:
             )
         bundle = await self.rekor.lookup(
             name,
-            digests.sha256,
+            planned.sha256,
             companions[planned.relpath.child(".sig")],
             companions[planned.relpath.child(".cert")],
         )
@@ -460,15 +482,11 @@ class SyncRun:
         companions: dict[RelPath, bytes],
     ) -> dict[str, FileRecord]:
         """(worker thread) Move the verified file to staging, write companions, journal all."""
-        records: dict[str, FileRecord] = {}
-        for relpath, data in companions.items():
-            self.store.stage_bytes(version, relpath, data)
-            records[relpath] = _companion_record(data)
+        records: dict[str, FileRecord] = {
+            relpath: _companion_record(data) for relpath, data in companions.items()
+        }
         records[planned.relpath] = record
-        # Journal first: a crash before the rename leaves a whole partial file, which the next
-        # run finishes from disk (416 on resume) instead of fetching again.
-        self.store.journal(version, records)
-        self.store.stage_download(version, planned.relpath, part)
+        self.store.stage_verified(version, companions, records, planned.relpath, part)
         return records
 
     async def _add_to_tree(self, release: ReleasePlan, records: dict[str, FileRecord]) -> None:
@@ -590,6 +608,15 @@ def _known_form(manifest: Manifest) -> SignatureForm | None:
     if not (bundle or assembled):
         return None
     return SignatureForm(bundle=bundle, detached=detached)
+
+
+async def _abandon(task: asyncio.Task[bytes] | None) -> None:
+    """Cancel a lookup whose download failed; the download's failure is the one to report."""
+    if task is not None:
+        task.cancel()
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as forgotten
 
 
 def _companion_record(data: bytes) -> FileRecord:

@@ -76,8 +76,9 @@ async def translate_errors(url: str) -> AsyncIterator[None]:
         raise TransientError(f"{url}: {exc.__class__.__name__}: {exc}") from exc
 
 
-READ_BUFFER_BYTES = 1 << 20
-"""Per connection; eight downloads at once buffer at most 16 MiB."""
+READ_BUFFER_BYTES = 256 << 10
+"""Per connection (aiohttp pauses reading at twice this). Not more: what is buffered when a
+connection fails is dropped by aiohttp, so it is lost for resume."""
 
 
 class Upstream:
