@@ -12,7 +12,10 @@ form when its own answer is 404 (a release published half one way, half the othe
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 from mirror import catalog
 from mirror.catalog import PlannedFile, RelPath
@@ -46,13 +49,18 @@ async def fetch_companions(
 ) -> tuple[dict[RelPath, bytes], SignatureForm | None]:
     """A planned file's upstream companions and the signature form they came in (None for
     an unsigned file): digest sidecars first, checked against SUMS before any download."""
-    out = {
-        side: await _digest_sidecar(fetcher, planned, side) for side in _digest_sidecars(planned)
-    }
+    sidecars = _digest_sidecars(planned)
+    wanted = form or PROBE
+    # Asked for all at once (on a real link each is a round trip, and none depends on
+    # another); problems are raised in the order the requests were listed.
+    fetches: list[Awaitable[Any]] = [_digest_sidecar(fetcher, planned, s) for s in sidecars]
+    if planned.signed:
+        fetches.append(_optional(fetcher, planned, wanted.suffixes()))
+    results = _first_error(await asyncio.gather(*fetches, return_exceptions=True))
+    out: dict[RelPath, bytes] = dict(zip(sidecars, results, strict=False))
     if not planned.signed:
         return out, None
-    wanted = form or PROBE
-    found = await _optional(fetcher, planned, wanted.suffixes())
+    found: dict[RelPath, bytes] = results[-1]
     if not _complete(planned, found) and form is not None:
         other = SignatureForm(bundle=not form.bundle, detached=not form.detached)
         found.update(await _optional(fetcher, planned, other.suffixes()))
@@ -100,13 +108,28 @@ async def _optional(
     fetcher: Fetcher, planned: PlannedFile, suffixes: tuple[str, ...]
 ) -> dict[RelPath, bytes]:
     """The companions with these suffixes that upstream has (a 404 means "not published")."""
+    paths = [planned.relpath.child(suffix) for suffix in suffixes]
+    bodies = await asyncio.gather(
+        *(
+            fetcher.bytes(
+                fetcher.upstream.release_url(f"release/{planned.version}/{path}"),
+                max_bytes=_LIMITS[suffix],
+            )
+            for path, suffix in zip(paths, suffixes, strict=True)
+        ),
+        return_exceptions=True,
+    )
     found: dict[RelPath, bytes] = {}
-    for suffix in suffixes:
-        path = planned.relpath.child(suffix)
-        url = fetcher.upstream.release_url(f"release/{planned.version}/{path}")
-        try:
-            found[path] = await fetcher.bytes(url, max_bytes=_LIMITS[suffix])
-        except HTTPStatusError as exc:
-            if exc.status != 404:
-                raise
+    for path, body in zip(paths, bodies, strict=True):
+        if isinstance(body, HTTPStatusError) and body.status == 404:
+            continue
+        found[path] = _first_error([body])[0]
     return found
+
+
+def _first_error(results: list[Any]) -> list[Any]:
+    """``results`` of a gather, or the first exception among them, raised."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results

@@ -22,8 +22,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mirror.verify.bundle import BUNDLE_MAX_BYTES, BundleChecker, Verified
-    from mirror.verify.detached import CERT_MAX_BYTES, SIG_MAX_BYTES
+    from mirror.verify.bundle import BundleChecker, Verified
+    from mirror.verify.detached import BUNDLE_MAX_BYTES, CERT_MAX_BYTES, SIG_MAX_BYTES
     from mirror.verify.policy import AcceptedIdentities, IdentityPolicy
     from mirror.verify.rekor import (
         RekorChecker,
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from mirror.verify.trust import TrustRoot, is_embedded_production_root, load_trust_root
 
 _HOME = {
-    "BUNDLE_MAX_BYTES": "bundle",
+    "BUNDLE_MAX_BYTES": "detached",
     "BundleChecker": "bundle",
     "Verified": "bundle",
     "CERT_MAX_BYTES": "detached",

@@ -31,13 +31,10 @@ from sigstore_models.common.v1 import HashAlgorithm
 from mirror.config import IdentityConfig
 from mirror.errors import ConfigError, SignatureError
 from mirror.verify import compat
-from mirror.verify.detached import decode_certificate, decode_signature
+from mirror.verify.detached import BUNDLE_MAX_BYTES, decode_certificate, decode_signature
 from mirror.verify.policy import AcceptedIdentities
 from mirror.verify.trust import TrustRoot
 
-#: Real bundles are 4-12 KiB; this leaves room for many timestamps and long proofs and refuses
-#: anything bigger before it is parsed.
-BUNDLE_MAX_BYTES = 256 * 1024
 #: A valid bundle nests about six levels deep.
 _JSON_MAX_DEPTH = 32
 
