@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirror.config import PublishConfig
-from mirror.errors import PublishError
+from mirror.errors import MirrorError, PublishError
 from mirror.publish.client import RemoteObject, S3Store
 from mirror.publish.objects import PublishedIndex, index_relpath
-from mirror.publish.target import parse_target
+from mirror.publish.run import internal_error
+from mirror.publish.target import Target, parse_target
 from mirror.publish.tree import LocalTree, read_tree
 
 MAX_INDEX_BYTES = 64 * 1024**2
@@ -50,6 +51,15 @@ class RemoteAudit:
 
 async def verify_remote(root: Path, settings: PublishConfig, *, deep: bool = False) -> RemoteAudit:
     target = parse_target(settings.to)
+    try:
+        return await _verify(root, settings, target, deep)
+    except MirrorError:
+        raise
+    except Exception as exc:
+        raise internal_error(target, exc) from exc
+
+
+async def _verify(root: Path, settings: PublishConfig, target: Target, deep: bool) -> RemoteAudit:
     tree = read_tree(root)
     audit = RemoteAudit(str(target), deep=deep)
     async with S3Store(settings, target) as s3:

@@ -70,7 +70,8 @@ _DENIED_CODES = {
 }
 _BAD_DIGEST_CODES = {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"}
 _NETWORK_ERRORS = (
-    boto_errors.HTTPClientError,  # EndpointConnectionError, timeouts, closed connections
+    boto_errors.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError
+    boto_errors.HTTPClientError,  # ReadTimeoutError, ConnectionClosedError
     aiohttp.ClientError,
     TimeoutError,
     ConnectionError,

@@ -30,7 +30,7 @@ from pathlib import Path
 from mirror import catalog
 from mirror.catalog import Version
 from mirror.config import PublishConfig, TreeConfig
-from mirror.errors import IntegrityError, RemoteConflictError
+from mirror.errors import IntegrityError, MirrorError, RemoteConflictError
 from mirror.publish.client import RemoteObject, S3Store
 from mirror.publish.objects import INDEX_DIR, PublishedIndex, PublishedObject, index_relpath
 from mirror.publish.plan import ReleasePlan, conflict_line, plan_release, settle
@@ -82,15 +82,29 @@ async def publish(
     """Publish the tree at ``root`` to ``settings.to``."""
     target = parse_target(settings.to)
     started = time.monotonic()
-    with tree_lock(root, wait_s=lock_wait_s):
-        tree = read_tree(root)
-        async with S3Store(settings, target) as s3:
-            run = _Publish(s3, tree, settings, repair=repair)
-            result = await run.execute()
-            if prune or settings.prune:
-                result.pruned = await prune_remote(s3, tree, guard or TreeConfig())
+    try:
+        async with tree_lock(root, wait_s=lock_wait_s):
+            tree = read_tree(root)
+            async with S3Store(settings, target) as s3:
+                run = _Publish(s3, tree, settings, repair=repair)
+                result = await run.execute()
+                if prune or settings.prune:
+                    result.pruned = await prune_remote(s3, tree, guard or TreeConfig())
+    except MirrorError:
+        raise
+    except Exception as exc:
+        raise internal_error(target, exc) from exc
     result.duration_s = time.monotonic() - started
     return result
+
+
+def internal_error(target: Target, exc: Exception) -> MirrorError:
+    """A bug, not a condition we know: one line (the traceback goes to the debug log)."""
+    log.debug("internal error", exc_info=exc)
+    return MirrorError(
+        f"{target}: internal error: {type(exc).__name__}: {exc}",
+        hint="this is a bug in k8s-mirror: please report it (run with -v for details)",
+    )
 
 
 class _Publish:

@@ -8,15 +8,17 @@ Never the state directory, staging, partial downloads or dotfiles. Everything el
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirror import catalog
 from mirror.catalog import RelPath
-from mirror.errors import IntegrityError, LocalStoreError
+from mirror.errors import IntegrityError, LocalStoreError, LockHeldError
 from mirror.layout import RELEASE_DIR_NAME, STATE_DIR_NAME, TRUST_ROOT_RELPATH
 from mirror.store import Manifest, Store
 
@@ -74,13 +76,27 @@ class LocalTree:
         return self.markers[name].decode().strip()
 
 
-@contextmanager
-def tree_lock(root: Path, *, wait_s: float = 0.0) -> Iterator[None]:
-    """Hold the tree's lock, so no sync promotes or prunes while it is published."""
+@asynccontextmanager
+async def tree_lock(root: Path, *, wait_s: float = 0.0) -> AsyncIterator[None]:
+    """Hold the tree's lock, so no sync promotes or prunes while it is published; with
+    ``wait_s``, poll for it without blocking the event loop (a signal still interrupts)."""
     if not (root / RELEASE_DIR_NAME).is_dir():
         raise LocalStoreError(f"{root}: not a mirror tree (no release/ directory)")
-    with Store(root).lock(wait_s=wait_s):
-        yield
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            lock = Store(root).lock()
+            lock.__enter__()
+        except LockHeldError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
+            continue
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
+        return
 
 
 def read_tree(root: Path) -> LocalTree:

@@ -14,6 +14,7 @@ connection, or a callback before the N-th PUT (the kill tests SIGKILL the publis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -155,7 +156,8 @@ class Seaweed:
             if self.process.poll() is not None:
                 raise RuntimeError(f"weed exited: {self.log_path.read_text()[-2000:]}")
             try:
-                client.create_bucket(Bucket="ready-check")
+                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                    client.create_bucket(Bucket="ready-check")
                 client.put_object(Bucket="ready-check", Key="k", Body=b"ok")
                 return
             except Exception:
@@ -291,6 +293,18 @@ class S3Proxy:
             self._session = aiohttp.ClientSession(auto_decompress=False)
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        try:
+            return await self._send(request, headers, body)
+        except aiohttp.ClientError:
+            # The server behind went away: the client sees its connection drop.
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=502)
+
+    async def _send(
+        self, request: web.Request, headers: dict[str, str], body: bytes
+    ) -> web.Response:
+        assert self._session is not None
         async with self._session.request(
             request.method,
             self.upstream + request.path_qs,
