@@ -128,3 +128,30 @@ def test_headers_a_static_host_would_send() -> None:
     assert (binary.content_type, binary.cache_control) == ("application/octet-stream", IMMUTABLE)
     assert headers_for("release/v1.34.2/kubernetes.tar.gz").content_type == "application/gzip"
     assert headers_for("release/v1.34.2/SHA256SUMS").content_type.startswith("text/plain")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["publish"], "give --to s3://BUCKET/PREFIX or add a [[publish]] table"),
+        (["publish", "--to", "s3://Bad_Bucket"], "--to: 'Bad_Bucket' is not a bucket name"),
+        (["publish", "--to", "s3://bucket", "--part-size", "1M"], "--part-size: '1M'"),
+        (
+            ["publish", "--to", "s3://bucket", "--endpoint-url", "ftp://x"],
+            "--endpoint-url: 'ftp://x' is not an http(s) URL",
+        ),
+        (["verify", "--deep"], "need --remote"),
+    ],
+)
+def test_bad_publish_flags_are_refused_before_anything_happens(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from mirror.cli import main
+
+    (tmp_path / "release").mkdir()
+    result = CliRunner().invoke(main, [args[0], "--root", str(tmp_path), *args[1:]])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["release"]

@@ -29,6 +29,7 @@ from mirror.publish.objects import PublishedIndex, index_relpath
 from mirror.publish.run import internal_error
 from mirror.publish.target import Target, parse_target
 from mirror.publish.tree import LocalTree, read_tree
+from mirror.publish.upload import gather_or_cancel
 
 MAX_INDEX_BYTES = 64 * 1024**2
 
@@ -71,7 +72,7 @@ async def _verify(root: Path, settings: PublishConfig, target: Target, deep: boo
             async with gate:
                 return await _check(s3, relpath, want, listing.get(relpath), deep)
 
-        lines = await asyncio.gather(*(check(r, w) for r, w in sorted(expected.items())))
+        lines = await gather_or_cancel(check(r, w) for r, w in sorted(expected.items()))
         audit.objects_checked = len(expected)
         audit.problems += [line for line in lines if line]
         for relpath in sorted(set(listing) - set(expected)):

@@ -37,7 +37,7 @@ from mirror.publish.plan import ReleasePlan, conflict_line, plan_release, settle
 from mirror.publish.prune import RemotePruneResult, prune_remote
 from mirror.publish.target import Target, parse_target
 from mirror.publish.tree import LocalTree, read_tree, tree_lock
-from mirror.publish.upload import Checksums, Uploader
+from mirror.publish.upload import Checksums, Uploader, gather_or_cancel
 
 log = logging.getLogger("mirror.publish")
 MAX_DOC_BYTES = 64 * 1024**2
@@ -183,7 +183,7 @@ class _Publish:
             async with self.heads:
                 return relpath, await self.s3.head(relpath)
 
-        return dict(await asyncio.gather(*(one(r) for r in relpaths)))
+        return dict(await gather_or_cancel(one(r) for r in relpaths))
 
     def _refuse_conflicts(self, plans: dict[str, ReleasePlan]) -> None:
         lines = []
@@ -205,7 +205,7 @@ class _Publish:
         """Payload, then manifest, then the index: the release's commit record."""
         local = self.tree.releases[plan.version]
         files = [local.files[rel] for rel in plan.upload]
-        confirmed = await asyncio.gather(*(uploader.upload(f) for f in files))
+        confirmed = await gather_or_cancel(uploader.upload(f) for f in files)
         for f, found in zip(files, confirmed, strict=True):
             rel = f.relpath.removeprefix(f"release/{plan.version}/")
             plan.current[rel] = PublishedObject(found.size, f.sha256, found.etag)

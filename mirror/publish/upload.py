@@ -18,15 +18,17 @@ import asyncio
 import base64
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from mirror.errors import IntegrityError, PublishError
 from mirror.publish.client import RemoteObject, S3Store, b64_digest
 from mirror.publish.objects import headers_for
 from mirror.publish.tree import LocalFile
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,19 @@ class Uploader:
             return await self.s3.upload_part(local.relpath, upload_id, number, data, checksum)
         finally:
             self.slots.release()
+
+
+async def gather_or_cancel(coros: Iterable[Awaitable[T]]) -> list[T]:
+    """Run concurrently; on the first failure cancel the rest and wait for them (nothing
+    keeps talking to the store after its client closed), then re-raise that failure."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def confirm(s3: S3Store, relpath: str, size: int, sha256: str) -> RemoteObject:
