@@ -326,3 +326,37 @@ async def test_multipart_upload_with_bounded_parts(
     assert "release/v1.34.2/bin/linux/amd64/big" not in remote
     assert "release/stable.txt" not in remote
     assert client.list_multipart_uploads(Bucket=other).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("ignores_sha256", [False, True])
+async def test_every_put_carries_the_checksum_the_target_checks(
+    tmp_path: Path,
+    weed: Seaweed,
+    bucket: str,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    ignores_sha256: bool,
+) -> None:
+    """SeaweedFS checks x-amz-checksum-sha256; a store that ignores it (the probe with a
+    wrong digest is accepted) gets Content-MD5 instead, on single and multipart uploads."""
+    root = tmp_path / "tree"
+    synthetic_tree(root, {"big": random.Random(3).randbytes(6 * MIB), "small": b"abc"})
+    recorder, endpoint = await start_proxy(weed.endpoint, aiohttp_server)
+    recorder.ignore_checksums = ignores_sha256
+    config = publish_config(tmp_path, root, endpoint, bucket, "part_size_bytes = 5242880\n")
+    result = await cli(tmp_path, "publish", "--config", str(config))
+    assert result.exit_code == 0, result.stderr
+    # Requests that carry a body: plain PUTs and multipart parts (not create/complete).
+    bodies = [
+        s for s in recorder.puts()
+        if s.method == "PUT" and "/.k8s-mirror/probe-" not in s.path
+        and ("uploadId=" not in s.query or "partNumber=" in s.query)
+    ]  # fmt: skip
+    assert len(bodies) == 6  # 2 parts of big, small, manifest, index, marker
+    header = "content-md5" if ignores_sha256 else "x-amz-checksum-sha256"
+    other = "x-amz-checksum-sha256" if ignores_sha256 else "content-md5"
+    assert all(header in s.headers and other not in s.headers for s in bodies), [
+        (s.path, s.query) for s in bodies if header not in s.headers
+    ]
+    remote = remote_objects(weed, bucket)
+    assert remote["release/v1.34.2/big"] == (root / "release/v1.34.2/big").read_bytes()
+    assert not [p for p in remote if "probe-" in p]
