@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from mirror.errors import (
     PruneGuardError,
+    PublishError,
     RemoteConflictError,
     TreeVerifyError,
 )
@@ -277,3 +278,24 @@ async def test_sync_publishes_after_success_only(env: Env, weed: Seaweed, bucket
     remote = objects(weed, bucket)
     assert remote[f"{PREFIX}/{KUBECTL}"] == (env.root / KUBECTL).read_bytes()
     assert remote[f"{PREFIX}/release/stable.txt"] == b"v1.34.2"
+
+
+async def test_damaged_index_is_an_error_and_repair_rewrites_it(
+    env: Env, weed: Seaweed, bucket: str
+) -> None:
+    assert (await env.sync()).exit_code == 0
+    assert (await publish(env, weed.endpoint, bucket)).exit_code == 0
+    index = f"{PREFIX}/.k8s-mirror/published/v1.34.2.json"
+    weed.client().put_object(Bucket=bucket, Key=index, Body=b"{not json")
+
+    broken = await publish(env, weed.endpoint, bucket)
+    assert broken.exit_code == PublishError.exit_code, broken.stderr
+    assert f"s3://{bucket}/{index}: unreadable published index" in broken.stderr
+    check = await verify_remote(env, weed.endpoint, bucket)
+    assert check.exit_code == TreeVerifyError.exit_code
+    assert f"unindexed s3://{bucket}/{index}" in check.stdout
+
+    repaired = await publish(env, weed.endpoint, bucket, "--repair")
+    assert repaired.exit_code == 0, repaired.stderr
+    assert "uploaded 0 files" in repaired.stdout  # every object was still ours
+    assert (await verify_remote(env, weed.endpoint, bucket)).exit_code == 0

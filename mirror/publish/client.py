@@ -153,10 +153,8 @@ class S3Store:
                     config=config,
                 )
             )
-        except boto_errors.ProfileNotFound:
-            raise ConfigError(
-                f"AWS profile {self.settings.profile!r} not found", source="publish.profile"
-            ) from None
+        except boto_errors.ProfileNotFound as exc:
+            raise ConfigError(f"{exc}", source="publish.profile / AWS_PROFILE") from None
         except boto_errors.BotoCoreError as exc:
             raise PublishError(f"{self.target}: cannot set up the S3 client: {exc}") from None
         return self
@@ -203,6 +201,8 @@ class S3Store:
                     hint="set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run "
                     "with an instance or container role",
                 ) from None
+            except boto_errors.ProfileNotFound as exc:
+                raise ConfigError(f"{exc}", source="publish.profile / AWS_PROFILE") from None
             except boto_errors.CredentialRetrievalError as exc:
                 raise PublishDeniedError(
                     f"{self.target.url(relpath)}: {what}: cannot get AWS credentials ({exc})"

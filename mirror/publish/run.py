@@ -30,7 +30,7 @@ from pathlib import Path
 from mirror import catalog
 from mirror.catalog import Version
 from mirror.config import PublishConfig, TreeConfig
-from mirror.errors import IntegrityError, MirrorError, RemoteConflictError
+from mirror.errors import IntegrityError, MirrorError, PublishError, RemoteConflictError
 from mirror.publish.client import RemoteObject, S3Store
 from mirror.publish.objects import INDEX_DIR, PublishedIndex, PublishedObject, index_relpath
 from mirror.publish.plan import ReleasePlan, conflict_line, plan_release, settle
@@ -127,7 +127,9 @@ class _Publish:
         trust_changed = await self._trust_root_changed()
         markers = await self._markers_to_write(top)
         work = [p for p in plans.values() if p.needs_commit]
-        self.result.files_unchanged = sum(len(p.current) for p in plans.values())
+        self.result.files_unchanged = (
+            sum(len(p.current) for p in plans.values()) - self.result.files_reused
+        )
         if not (work or trust_changed or markers):
             return self.result  # nothing differs: no PUT at all
         checksums = await self._checksums()
@@ -159,8 +161,13 @@ class _Publish:
         index = None
         if index_relpath(version) in published:
             data = await self.s3.get(index_relpath(version), max_bytes=MAX_DOC_BYTES)
-            if data is not None:
-                index = PublishedIndex.from_bytes(data, self.target.url(index_relpath(version)))
+            try:
+                if data is not None:
+                    index = PublishedIndex.from_bytes(data, self.target.url(index_relpath(version)))
+            except PublishError:
+                if not self.repair:
+                    raise
+                index = None  # --repair re-checks every object and writes a new index
         plan = plan_release(local, listing, index, recheck=self.repair)
         checked = list(plan.check)
         heads = await self._head_all([local.files[rel].relpath for rel in checked])
