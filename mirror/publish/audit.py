@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirror.config import PublishConfig
-from mirror.errors import MirrorError, PublishError
+from mirror.errors import LocalStoreError, MirrorError, PublishError
 from mirror.publish.client import RemoteObject, S3Store
 from mirror.publish.objects import PublishedIndex, index_relpath
 from mirror.publish.run import internal_error
@@ -61,6 +61,8 @@ async def verify_remote(root: Path, settings: PublishConfig, *, deep: bool = Fal
 
 
 async def _verify(root: Path, settings: PublishConfig, target: Target, deep: bool) -> RemoteAudit:
+    if not (root / "release").is_dir():
+        raise LocalStoreError(f"{root}: not a mirror tree (no release/ directory)")
     tree = read_tree(root)
     audit = RemoteAudit(str(target), deep=deep)
     async with S3Store(settings, target) as s3:
