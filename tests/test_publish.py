@@ -133,8 +133,16 @@ async def test_no_change_publish_makes_no_put_and_a_new_release_uploads_only_its
     recorder, endpoint = proxy
     assert (await env.sync()).exit_code == 0
     assert (await publish(env, endpoint, bucket)).exit_code == 0
-    first = {s.path for s in recorder.puts()}
-    assert f"/{bucket}/{PREFIX}/{KUBECTL}" in first
+    order = [s.path.removeprefix(f"/{bucket}/{PREFIX}/") for s in recorder.puts()]
+    assert KUBECTL in order
+    # Trust root first, payload, then the manifest and the commit record, the marker last.
+    assert order.index("sigstore/trusted_root.json") < order.index(KUBECTL)
+    payload = [i for i, p in enumerate(order) if p.startswith("release/v1.34.2/")]
+    assert max(payload) < order.index(".k8s-mirror/manifests/v1.34.2.json")
+    assert order.index(".k8s-mirror/manifests/v1.34.2.json") < order.index(
+        ".k8s-mirror/published/v1.34.2.json"
+    )
+    assert order[-1] == "release/stable.txt"
 
     recorder.seen.clear()
     again = await publish(env, endpoint, bucket)
