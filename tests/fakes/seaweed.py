@@ -135,6 +135,9 @@ class Seaweed:
             "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={identities}",
             "-s3.autoCreateBucket=false",
+            # Its unix sockets default to /tmp; keep them with the rest of the test's files.
+            f"-s3.localSocket={self.workdir / 's3.sock'}",
+            f"-filer.localSocket={self.workdir / 'filer.sock'}",
             *(f"-{name}={port}" for name, port in ports.items()),
         ]  # fmt: skip
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing it
