@@ -142,7 +142,12 @@ class Seaweed:
         ]  # fmt: skip
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing it
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env={**os.environ, "TMPDIR": str(self.workdir)},  # its other sockets, too
+            start_new_session=True,
         )
         log.close()
         self._wait_ready()
