@@ -471,7 +471,16 @@ def verify(
 
 
 @main.command("publish")
-@tree_options
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Take tree.root (unless --root), the [[publish]] targets and the prune guard from "
+    "this config (default: ./mirror.toml if it exists).",
+)
 @click.option(
     "--to",
     metavar="s3://BUCKET/PREFIX",
