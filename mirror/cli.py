@@ -157,6 +157,112 @@ def tree_config(root: Path | None, config_path: Path | None) -> Config:
     return load(config_path)
 
 
+def s3_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """How to reach an S3-compatible store (credentials come from the AWS chain only)."""
+    options = [
+        click.option(
+            "--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS)."
+        ),
+        click.option("--region", help="Region (default: from the AWS config chain)."),
+        click.option(
+            "--path-style", is_flag=True, default=None, help="Path-style bucket addressing."
+        ),
+        click.option("--profile", help="AWS profile from the shared config files."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def publish_settings(config: Config, to: str | None, flags: dict[str, Any]) -> list[Any]:
+    """The targets of a command: ``--to`` (with the settings of the [[publish]] entry of the
+    same URL, if any) or every configured one; flags override either."""
+    from dataclasses import replace
+
+    from mirror.config import PublishConfig
+    from mirror.publish.target import target_problem
+
+    if to is not None:
+        if (why := target_problem(to)) is not None:
+            fail(ConfigError(why, source="--to"))
+        known = {t.to.rstrip("/"): t for t in config.publish}
+        targets = [known.get(to.rstrip("/"), PublishConfig(to=to))]
+    else:
+        targets = list(config.publish)
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if "endpoint_url" in overrides:
+        url = overrides["endpoint_url"]
+        if not str(url).startswith(("http://", "https://")):
+            fail(ConfigError(f"{url!r} is not an http(s) URL", source="--endpoint-url"))
+    return [replace(t, **overrides) for t in targets]
+
+
+def _part_size_bytes(text: str) -> int:
+    import re
+
+    match = re.fullmatch(r"(\d+)([KMG]?)", text.strip().upper())
+    size = int(match[1]) << (10 * " KMG".index(match[2] or " ")) if match else 0
+    if not 5 * 1024**2 <= size <= 5 * 1024**3:
+        fail(ConfigError(f"{text!r} is not a size from 5M to 5G", source="--part-size"))
+    return size
+
+
+def verify_remote_command(
+    root: Path, config: Config, remote: str, deep: bool, quiet: bool, flags: dict[str, Any]
+) -> None:
+    from mirror.publish.audit import verify_remote
+
+    (settings,) = publish_settings(config, remote, flags)
+    audit = run_async(lambda: verify_remote(root, settings, deep=deep))
+    for problem in audit.problems:
+        click.echo(problem)
+    how = "re-hashed" if deep else "checked by size and stored digest"
+    summary = f"{audit.target}: {audit.objects_checked} objects {how}"
+    if audit.problems:
+        fail(TreeVerifyError(f"{len(audit.problems)} problems found; {summary}"))
+    if not quiet:
+        click.echo(f"ok: {summary}")
+
+
+def run_publish(
+    root: Path,
+    config: Config,
+    targets: list[Any],
+    *,
+    repair: bool = False,
+    prune: bool = False,
+    lock_wait_s: float = 0.0,
+    quiet: bool = False,
+) -> None:
+    """Publish to each target in turn; the first failure ends the command with its code."""
+    from mirror.publish.run import publish
+
+    for settings in targets:
+        result = run_async(
+            lambda s=settings: publish(  # type: ignore[misc]
+                root, s, repair=repair, prune=prune, guard=config.tree, lock_wait_s=lock_wait_s
+            )
+        )
+        if quiet:
+            continue
+        parts = [
+            f"published {result.target}: uploaded {result.files_uploaded} files "
+            f"({result.bytes_uploaded} bytes), {result.files_unchanged} unchanged, "
+            f"{result.files_reused} already there"
+        ]
+        if result.repaired:
+            parts.append(f"repaired {len(result.repaired)}")
+        if result.releases_committed:
+            parts.append(f"committed {', '.join(result.releases_committed)}")
+        if result.markers_written:
+            parts.append(
+                "markers " + ", ".join(f"{m} -> {v}" for m, v in result.markers_written.items())
+            )
+        if result.pruned is not None:
+            parts.append(f"pruned {result.pruned.deleted} objects")
+        click.echo("; ".join(parts) + f" ({result.duration_s:.1f}s)")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="k8s-mirror")
 def main() -> None:
@@ -210,6 +316,9 @@ def sync(
         print_plan(report)
     else:
         print_summary(report, quiet=quiet)
+    if not dry_run and report.exit_code == 0 and config.publish:
+        # Only a fully successful run is published; a failed one leaves the bucket as it was.
+        run_publish(config.tree.root, config, list(config.publish), lock_wait_s=wait_s, quiet=quiet)
     sys.exit(report.exit_code or 0)
 
 
@@ -297,6 +406,13 @@ def status(root: Path | None, config_path: Path | None, as_json: bool) -> None:
     help="Verify bundles against this trusted_root.json instead of the tree's own.",
 )
 @click.option("--resume", is_flag=True, help="Skip releases an interrupted audit already passed.")
+@click.option(
+    "--remote",
+    metavar="s3://BUCKET/PREFIX",
+    help="Instead, check that this bucket holds exactly the tree: missing, extra, differing.",
+)
+@click.option("--deep", is_flag=True, help="With --remote: read back and re-hash every object.")
+@s3_options
 @logging_options
 def verify(
     root: Path | None,
@@ -304,15 +420,28 @@ def verify(
     releases: tuple[str, ...],
     trusted_root: Path | None,
     resume: bool,
+    remote: str | None,
+    deep: bool,
     verbose: int,
     quiet: bool,
     log_format: str,
+    **s3_flags: Any,
 ) -> None:
-    """Re-verify the tree offline: digests, sidecars, SUMS, bundles, markers."""
+    """Re-verify the tree offline: digests, sidecars, SUMS, bundles, markers.
+
+    With --remote, compare a published bucket with the tree instead (size and stored digest
+    of every object; --deep re-reads them)."""
     from mirror.audit import TreeAudit
 
     setup_logging(verbose=verbose, quiet=quiet, fmt=log_format)
     config = tree_config(root, config_path)
+    if remote is not None:
+        verify_remote_command(root or config.tree.root, config, remote, deep, quiet, s3_flags)
+        return
+    if deep or any(v not in (None, False) for v in s3_flags.values()):
+        raise click.UsageError(
+            "--deep, --endpoint-url, --region, --path-style and --profile need --remote"
+        )
     audit = TreeAudit(
         root or config.tree.root,
         config.verify.identities,
@@ -339,6 +468,70 @@ def verify(
         fail(TreeVerifyError(f"{len(result.problems)} problems found; {summary}"))
     if not quiet:
         click.echo(f"ok: {summary}")
+
+
+@main.command("publish")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Take tree.root (unless --root), the [[publish]] targets and the prune guard from "
+    "this config (default: ./mirror.toml if it exists).",
+)
+@click.option(
+    "--to",
+    metavar="s3://BUCKET/PREFIX",
+    help="Target (default: every [[publish]] target of the config).",
+)
+@s3_options
+@click.option("--repair", is_flag=True, help="Re-check every object; replace any that differs.")
+@click.option(
+    "--prune", is_flag=True, help="Also delete what the tree no longer has (mass-delete guard)."
+)
+@click.option("--concurrency", type=click.IntRange(1, 64), help="Parallel uploads.")
+@click.option(
+    "--part-size",
+    help="Multipart part size (K, M, G are powers of 1024; 5M to 5G; default 16M).",
+)
+@wait_option("Wait up to SECONDS for the tree's lock.")
+@logging_options
+def publish_command(
+    root: Path | None,
+    config_path: Path | None,
+    to: str | None,
+    repair: bool,
+    prune: bool,
+    concurrency: int | None,
+    part_size: str | None,
+    wait_s: float,
+    verbose: int,
+    quiet: bool,
+    log_format: str,
+    **s3_flags: Any,
+) -> None:
+    """Upload the verified tree to S3-compatible object storage (markers last)."""
+    setup_logging(verbose=verbose, quiet=quiet, fmt=log_format)
+    config = tree_config(root, config_path)
+    flags = dict(s3_flags, concurrency=concurrency)
+    if part_size is not None:
+        flags["part_size_bytes"] = _part_size_bytes(part_size)
+    targets = publish_settings(config, to, flags)
+    if not targets:
+        fail(
+            ConfigError("give --to s3://BUCKET/PREFIX or add a [[publish]] table", source="publish")
+        )
+    run_publish(
+        root or config.tree.root,
+        config,
+        targets,
+        repair=repair,
+        prune=prune,
+        lock_wait_s=wait_s,
+        quiet=quiet,
+    )
 
 
 @main.command()
