@@ -208,15 +208,31 @@ def sync(
     sys.exit(report.exit_code or 0)
 
 
+def plural(count: int, word: str) -> str:
+    """``1 file``, ``2 files``: every count a user reads goes through here."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def human_size(size_bytes: int) -> str:
+    """``1.5 MiB``: sizes for people (reports and --log-format json keep exact bytes)."""
+    size = float(size_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size_bytes} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
 def print_plan(report: RunReport) -> None:
     for marker, version in sorted(report.markers.items()):
         click.echo(f"marker {marker} -> {version}")
     for version, info in sorted(report.versions.items()):
         state = "in tree" if info.get("in_tree") else "new"
         click.echo(
-            f"release/{version} ({state}): {info['files']} selected, {info['present']} present "
-            f"({info['present_bytes']} bytes), {info['staged']} staged, "
-            f"{len(info['to_fetch'])} to fetch ({info['fetch_bytes']} bytes)"
+            f"release/{version} ({state}): {info['files']} selected, "
+            f"{info['present']} present ({human_size(info['present_bytes'])}), "
+            f"{info['staged']} staged, {len(info['to_fetch'])} to fetch "
+            f"({info['fetch_bytes']} bytes), {human_size(info['fetch_bytes'])} to download"
         )
         for path in info["to_fetch"]:
             click.echo(f"  fetch {path}")
@@ -230,7 +246,8 @@ def print_plan(report: RunReport) -> None:
 
 def print_summary(report: RunReport, *, quiet: bool) -> None:
     line = (
-        f"{report.outcome}: fetched {report.files_fetched} files ({report.bytes_fetched} bytes), "
+        f"{report.outcome}: fetched {plural(report.files_fetched, 'file')} "
+        f"({human_size(report.bytes_fetched)}), "
         f"reused {report.files_reused}, present {report.files_present}, "
         f"failed {report.files_failed} in {report.duration_s:.1f}s"
     )
@@ -277,7 +294,7 @@ def status(root: Path | None, config_path: Path | None, as_json: bool) -> None:
     click.echo(f"tree: {root}")
     for version, info in releases.items():
         click.echo(
-            f"  release/{version}: {info['files']} files, {info['bytes']} bytes, "
+            f"  release/{version}: {plural(info['files'], 'file')}, {human_size(info['bytes'])}, "
             f"{info['signed']} signature-verified"
         )
     for marker, version in markers.items():
@@ -322,7 +339,9 @@ def verify(
         trusted_root=trusted_root,
         releases=releases,
         resume=resume,
-        on_release=lambda v, n: log.info("release/%s: %s", v, "ok" if not n else f"{n} problems"),
+        on_release=lambda v, n: log.info(
+            "release/%s: %s", v, "ok" if not n else plural(n, "problem")
+        ),
     )
     try:
         result = audit.run()
@@ -331,33 +350,96 @@ def verify(
     for problem in result.problems:
         click.echo(str(problem))
     summary = (
-        f"{len(result.releases)} releases, {result.files_checked} files, "
-        f"{result.signatures_checked} signatures checked"
+        f"{plural(len(result.releases), 'release')}, {plural(result.files_checked, 'file')}, "
+        f"{plural(result.signatures_checked, 'signature')} checked"
         + (f", {len(result.skipped)} skipped (resume)" if result.skipped else "")
     )
     if result.problems:
-        fail(TreeVerifyError(f"{len(result.problems)} problems found; {summary}"))
+        fail(TreeVerifyError(f"{plural(len(result.problems), 'problem')} found; {summary}"))
     if not quiet:
         click.echo(f"ok: {summary}")
 
 
 @main.command()
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False), required=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The mirror tree to serve (its tree.root).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port to listen on (0: any free port; the log names it).",
+)
+@click.option(
+    "--prefix",
+    default="",
+    metavar="PATH",
+    help="Serve the tree below this URL path only, e.g. /dl.k8s.io for kubespray's files_repo.",
+)
 @click.option("--index/--no-index", default=False, help="Simple directory index pages.")
 @logging_options
 def serve(
-    root: Path, host: str, port: int, index: bool, verbose: int, quiet: bool, log_format: str
+    root: Path,
+    host: str,
+    port: int,
+    prefix: str,
+    index: bool,
+    verbose: int,
+    quiet: bool,
+    log_format: str,
 ) -> None:
     """Serve the tree read-only over HTTP (GET/HEAD, Range, ETag)."""
+    from mirror.serve import parse_prefix
     from mirror.serve import serve as serve_tree
 
     setup_logging(verbose=verbose, quiet=quiet, fmt=log_format)
+    if prefix:
+        try:
+            parse_prefix(prefix)
+        except ValueError as exc:
+            fail(ConfigError(str(exc), source="--prefix"))
     try:
-        serve_tree(root, host=host, port=port, index_pages=index)
+        serve_tree(root, host=host, port=port, index_pages=index, prefix=prefix)
     except ValueError as exc:
         fail(ConfigError(str(exc), source="--root"))
+    except MirrorError as exc:
+        fail(exc)
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default="k8s-mirror-demo",
+    show_default=True,
+    help="Directory for everything the demo writes (new, empty, or an earlier demo's).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65534),
+    default=0,
+    help="Port of the dl.k8s.io look-alike; the Rekor look-alike takes the next one "
+    "(default: any free ports).",
+)
+@click.option(
+    "--keep-serving", is_flag=True, help="Keep the look-alikes up afterwards, until Ctrl-C."
+)
+def demo(directory: Path, port: int, keep_serving: bool) -> None:
+    """LOCAL DEMONSTRATION with no network: sync a generated, signed release from look-alikes
+    of dl.k8s.io and Rekor on 127.0.0.1, then verify it. Its throwaway trust root must never
+    be used for real data."""
+    from mirror.demo.runner import run_demo
+
+    code = run_async(
+        lambda: run_demo(directory, port=port, keep_serving=keep_serving, say=click.echo)
+    )
+    sys.exit(code)
 
 
 # --- air-gap workflows (issue 5): fetch, export, import -------------------------------------
@@ -531,8 +613,9 @@ def fetch_command(
         fail(exc)
     if not quiet:
         click.echo(
-            f"wrote {archive} ({result.stream_bytes} bytes): {result.files} files, "
-            f"release(s) {', '.join(result.releases) or 'none'}"
+            f"wrote {archive} ({human_size(result.stream_bytes)}): {plural(result.files, 'file')}, "
+            f"{'release' if len(result.releases) == 1 else 'releases'} "
+            f"{', '.join(result.releases) or 'none'}"
         )
 
 
@@ -541,12 +624,12 @@ def _echo_export(result: Any, quiet: bool) -> None:
         return
     kind = "incremental transfer set" if result.incremental else "transfer set"
     click.echo(
-        f"wrote {kind} {result.output}: {len(result.parts)} part(s), "
-        f"{result.stream_bytes} bytes, {result.files} files"
+        f"wrote {kind} {result.output}: {plural(len(result.parts), 'part')}, "
+        f"{human_size(result.stream_bytes)}, {plural(result.files, 'file')}"
     )
     for version, (carried, required) in result.releases.items():
         needs = f", needs {required} already at the target" if required else ""
-        click.echo(f"  release/{version}: {carried} files{needs}")
+        click.echo(f"  release/{version}: {plural(carried, 'file')}{needs}")
     for marker, version in result.markers.items():
         click.echo(f"  marker {marker} -> {version}")
 
@@ -658,7 +741,9 @@ def import_command(
     if not result.changed:
         click.echo(f"nothing to import: {root} already has everything {source} carries")
         return
-    parts = [f"imported {result.files_imported} files ({result.bytes_imported} bytes)"]
+    parts = [
+        f"imported {plural(result.files_imported, 'file')} ({human_size(result.bytes_imported)})"
+    ]
     if result.new_releases:
         parts.append(f"new: {', '.join(result.new_releases)}")
     if result.updated_releases:

@@ -18,7 +18,9 @@ OSError from the disk) are translated where they enter: ``upstream.py``, ``verif
     │   └── TreeVerifyError             ``k8s-mirror verify`` found problems in the tree
     ├── PartialSyncError             6  some releases completed, some files failed upstream
     ├── LocalStoreError              7  the local tree cannot be written (disk full, permissions)
-    └── PruneGuardError              8  pruning would delete more than the configured guard allows
+    ├── PruneGuardError              8  pruning would delete more than the configured guard allows
+    ├── ReleaseNotFoundError         9  a selected version does not exist upstream (SUMS is 404)
+    └── PortInUseError              10  ``serve``/``demo`` cannot listen: the address is taken
 
 Interrupted runs (Ctrl-C, SIGTERM) exit 130 and are recorded as failed.
 """
@@ -112,6 +114,34 @@ class PruneGuardError(MirrorError):
     """Pruning was refused because it would delete more than the configured guard allows."""
 
     exit_code = 8
+
+
+class ReleaseNotFoundError(MirrorError):
+    """Upstream has no release of that version: its SHA256SUMS answered 404."""
+
+    exit_code = 9
+
+    def __init__(self, version: str, upstream_url: str) -> None:
+        self.version = version
+        super().__init__(
+            f"release {version} not found upstream ({upstream_url})",
+            hint=f"check the version ({upstream_url}/release/stable.txt names the current "
+            "stable one) or --upstream-url / upstream.url",
+        )
+
+
+class PortInUseError(MirrorError):
+    """A server cannot listen on its address because something else already does."""
+
+    exit_code = 10
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(
+            f"cannot listen on {host}:{port}: the address is already in use",
+            hint="stop what listens there or pick another --port",
+        )
 
 
 EXIT_INTERRUPTED = 130

@@ -1,0 +1,662 @@
+"""A generated dl.k8s.io file tree in exact upstream formats (DESIGN.md §1), held in memory.
+
+This module owns *what* upstream publishes: the primary files of a release for the platform
+matrix, their ``.sha256``/``.sha512`` sidecars, ``.sig``/``.cert`` pairs from a pluggable signer,
+the ``SHA256SUMS``/``SHA512SUMS`` lists and their sidecars, the SPDX SBOMs, the version markers
+and ``release-notes-index.json``, plus mutations that tamper with all of that for negative tests.
+It does no I/O; ``tests/fakes/dlserver.py`` serves an :class:`UpstreamTree` over HTTP.
+
+Keys of :attr:`UpstreamTree.files` are URL paths without the leading slash, e.g.
+``release/v1.34.2/bin/linux/amd64/kubectl``; a release's own paths (``relpath``) are relative to
+``release/<version>/``, as in the SUMS files.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import gzip
+import hashlib
+import io
+import json
+import random
+import re
+import tarfile
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+class SignedFiles(Protocol):
+    """A signer result carrying the two sidecars, like the fake Sigstore stack's ``SignedBlob``."""
+
+    @property
+    def sig(self) -> bytes: ...
+
+    @property
+    def cert(self) -> bytes: ...
+
+
+Signer = Callable[[bytes], tuple[bytes, bytes] | SignedFiles]
+"""``signer(data)`` -> ``(sig, cert)`` or an object with ``.sig``/``.cert``: the file contents.
+
+Upstream formats: ``.sig`` is base64 of a DER ECDSA P-256 signature over the file, ``.cert`` is
+base64 of a PEM certificate. The fake Sigstore stack's ``sign_blob`` is such a callable (wrap it
+in ``functools.partial`` to sign as another identity).
+"""
+
+
+# -- The platform matrix of recent releases (DESIGN.md §1) -------------------------------------
+
+SERVER_ARCHES: tuple[str, ...] = ("amd64", "arm64", "ppc64le", "s390x")
+"""Linux architectures that carry the full server and node set, images and server tarballs."""
+
+SERVER_NODE_BINARIES: tuple[str, ...] = (
+    "apiextensions-apiserver",
+    "kube-aggregator",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-log-runner",
+    "kube-proxy",
+    "kube-scheduler",
+    "kubeadm",
+    "kubectl",
+    "kubectl-convert",
+    "kubelet",
+    "mounter",
+)
+IMAGE_COMPONENTS: tuple[str, ...] = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+)
+"""Each has ``bin/linux/<arch>/<component>.tar`` and ``<component>.docker_tag`` on server arches."""
+
+CLIENT_BINARIES: tuple[str, ...] = ("kubectl", "kubectl-convert")
+WINDOWS_NODE_BINARIES: tuple[str, ...] = (
+    "kube-log-runner",
+    "kube-proxy",
+    "kubeadm",
+    "kubectl",
+    "kubectl-convert",
+    "kubelet",
+)
+
+PLATFORM_MATRIX: Mapping[str, tuple[str, ...]] = {
+    **{f"linux/{arch}": SERVER_NODE_BINARIES for arch in SERVER_ARCHES},
+    "linux/386": CLIENT_BINARIES,
+    "linux/arm": CLIENT_BINARIES,
+    "darwin/amd64": CLIENT_BINARIES,
+    "darwin/arm64": CLIENT_BINARIES,
+    "windows/amd64": WINDOWS_NODE_BINARIES,
+    "windows/386": CLIENT_BINARIES,
+    "windows/arm64": CLIENT_BINARIES,
+}
+"""``"<os>/<arch>"`` -> plain binaries under ``bin/<os>/<arch>/`` (names without ``.exe``)."""
+
+NODE_TARBALL_PLATFORMS: tuple[str, ...] = (*(f"linux/{a}" for a in SERVER_ARCHES), "windows/amd64")
+"""Platforms with a ``kubernetes-node-<os>-<arch>.tar.gz``."""
+
+COMMON_TARBALLS: tuple[str, ...] = (
+    "kubernetes.tar.gz",
+    "kubernetes-src.tar.gz",
+    "kubernetes-test-portable.tar.gz",
+    "kubernetes-manifests.tar.gz",
+)
+"""Platform-independent tarballs, present in every release."""
+
+SBOM_FILES: tuple[str, ...] = ("kubernetes-release.spdx", "kubernetes-source.spdx")
+RELEASE_SBOM = "kubernetes-release.spdx"
+SUMS_FILES: tuple[str, ...] = ("SHA256SUMS", "SHA512SUMS")
+OPTIONAL_FILES: tuple[str, ...] = ("provenance.json", "release-notes.json")
+"""Unsigned extras without sidecars, not in the SUMS; upstream may 404 them."""
+KNOWN_OPTIONAL_FILES: tuple[str, ...] = (*OPTIONAL_FILES, "announcement.html")
+
+FIRST_SIGNED_VERSION = "v1.26.0-rc.1"
+"""Signing of release files started here; older releases have no ``.sig``/``.cert``."""
+
+# Fixed, so two generations with the same seed are byte-identical.
+_EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+_RELEASE_NOTES_URL = "https://dl.k8s.io/release/{version}/release-notes.json"
+
+_VERSION_RE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(?:-(alpha|beta|rc)\.(\d+))?$")
+_PRE_RANK = {"alpha": 0, "beta": 1, "rc": 2, None: 3}
+
+
+def version_key(version: str) -> tuple[int, int, int, int, int]:
+    """Sort key for ``vX.Y.Z[-alpha|beta|rc.N]``; a pre-release sorts before its final."""
+    m = _VERSION_RE.match(version)
+    if m is None:
+        raise ValueError(f"not a Kubernetes release version: {version!r}")
+    major, minor, patch, pre, n = m.groups()
+    return (int(major), int(minor), int(patch), _PRE_RANK[pre], int(n or 0))
+
+
+def is_prerelease(version: str) -> bool:
+    return version_key(version)[3] != _PRE_RANK[None]
+
+
+def is_signed_by_default(version: str) -> bool:
+    """Upstream signed every release from v1.26.0-rc.1 on."""
+    return version_key(version) >= version_key(FIRST_SIGNED_VERSION)
+
+
+def is_signed_kind(relpath: str) -> bool:
+    """Whether upstream signs this primary file: every primary file except ``*.docker_tag``."""
+    return not relpath.endswith(".docker_tag")
+
+
+def sbom_covers(relpath: str) -> bool:
+    """Whether generated ``kubernetes-release.spdx`` lists this primary relpath."""
+    return relpath.endswith(".tar.gz") or (
+        relpath.startswith("bin/") and not relpath.endswith(".docker_tag")
+    )
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha512_hex(data: bytes) -> str:
+    return hashlib.sha512(data).hexdigest()
+
+
+@dataclass
+class Release:
+    """What the tree knows about one generated release (tests compute expectations from it)."""
+
+    version: str
+    signed: bool
+    platforms: tuple[str, ...]
+    primary: tuple[str, ...]
+    """Primary relpaths as listed in the SUMS at generation time, sorted."""
+    optional: tuple[str, ...]
+    signer: Signer | None = field(default=None, repr=False)
+
+    def path(self, relpath: str) -> str:
+        """Tree key (URL path without leading slash) of ``relpath`` in this release."""
+        return f"release/{self.version}/{relpath}"
+
+    @property
+    def signed_files(self) -> tuple[str, ...]:
+        """Primary relpaths that carry ``.sig``/``.cert`` (none if the release is unsigned)."""
+        return tuple(p for p in self.primary if is_signed_kind(p)) if self.signed else ()
+
+
+class UpstreamTree:
+    """An in-memory dl.k8s.io: ``files`` maps URL paths (no leading slash) to bodies.
+
+    ``seed`` makes file contents deterministic; ``signer`` is the default for signed releases.
+    ``files`` is public on purpose: tests may poke it directly, the helpers below keep the
+    sidecars, SUMS and signatures consistent (or break them on request).
+    """
+
+    def __init__(self, *, seed: int | str = 0, signer: Signer | None = None) -> None:
+        self.seed = str(seed)
+        self.signer = signer
+        self.files: dict[str, bytes] = {}
+        self.releases: dict[str, Release] = {}
+        self.signatures: dict[str, object] = {}
+        """Tree path of each signed file -> what the signer returned for its current content
+        (a ``SignedBlob`` with the fake Sigstore stack: UUID, log index, ...)."""
+        # A tree-wide write counter per path gives each write a later Last-Modified, so a
+        # replaced file also changes its date validator, as a re-upload would upstream.
+        self._generation: dict[str, int] = {}
+        self._writes = 0
+
+    # -- basic access ------------------------------------------------------------------------
+
+    def put(self, path: str, data: bytes) -> None:
+        """Set one file as is; no sidecar, SUMS or signature is touched."""
+        path = _key(path)
+        self._writes += 1
+        self.files[path] = bytes(data)
+        self._generation[path] = self._writes
+
+    def remove(self, path: str) -> None:
+        """Delete one file (it then 404s); SUMS and sidecars still name it. KeyError if absent."""
+        path = _key(path)
+        del self.files[path]
+        self._generation.pop(path, None)
+        self.signatures.pop(path, None)
+
+    def last_modified(self, path: str) -> dt.datetime:
+        """The file's Last-Modified: later for every later write."""
+        return _EPOCH + dt.timedelta(minutes=self._generation.get(_key(path), 0))
+
+    # -- releases ----------------------------------------------------------------------------
+
+    def add_release(
+        self,
+        version: str,
+        *,
+        platforms: Iterable[str] | None = None,
+        signed: bool | None = None,
+        signer: Signer | None = None,
+        size_bytes: int | None = None,
+        optional_files: Collection[str] = OPTIONAL_FILES,
+    ) -> Release:
+        """Generate release ``version`` exactly as upstream lays it out (DESIGN.md §1).
+
+        ``platforms``: ``"<os>/<arch>"`` keys of :data:`PLATFORM_MATRIX` (default: all).
+        Platform-independent tarballs and both SBOMs are always present.
+        ``signed``: default is upstream's rule (from v1.26.0-rc.1 on); a signed release needs a
+        ``signer`` (here or on the tree) because placeholder signatures would only hide bugs.
+        ``size_bytes``: size of every generated binary and image archive; default varies per
+        file between 2000 and 6000 bytes. Tarballs hold such payloads, so are a little larger.
+        ``optional_files``: which of :data:`KNOWN_OPTIONAL_FILES` to publish.
+        """
+        version_key(version)  # validates
+        if version in self.releases:
+            raise ValueError(f"release {version} already exists")
+        chosen = tuple(PLATFORM_MATRIX) if platforms is None else tuple(platforms)
+        unknown = sorted(set(chosen) - set(PLATFORM_MATRIX))
+        if unknown:
+            raise ValueError(f"unknown platforms {unknown}; known: {sorted(PLATFORM_MATRIX)}")
+        unknown = sorted(set(optional_files) - set(KNOWN_OPTIONAL_FILES))
+        if unknown:
+            raise ValueError(f"unknown optional files {unknown}; known: {KNOWN_OPTIONAL_FILES}")
+        is_signed = is_signed_by_default(version) if signed is None else signed
+        the_signer = signer or self.signer
+        if is_signed and the_signer is None:
+            raise ValueError(
+                f"release {version} is signed but no signer was given: pass signer= (the fake "
+                "Sigstore stack's sign_blob, or make_not_sigstore_signer()) or signed=False"
+            )
+
+        gen = _Generator(self.seed, version, size_bytes)
+        contents: dict[str, bytes] = {}
+        for platform in chosen:
+            os_, arch = platform.split("/")
+            exe = ".exe" if os_ == "windows" else ""
+            for name in PLATFORM_MATRIX[platform]:
+                relpath = f"bin/{os_}/{arch}/{name}{exe}"
+                contents[relpath] = gen.binary(relpath, os_)
+            if os_ == "linux" and arch in SERVER_ARCHES:
+                for component in IMAGE_COMPONENTS:
+                    contents[f"bin/linux/{arch}/{component}.tar"] = gen.payload(
+                        f"bin/linux/{arch}/{component}.tar"
+                    )
+                    # Upstream: the image tag, which is the version string, no newline.
+                    contents[f"bin/linux/{arch}/{component}.docker_tag"] = version.encode()
+        contents.update(_tarballs(gen, chosen, contents))
+        contents[RELEASE_SBOM] = _release_sbom(version, contents)
+        contents["kubernetes-source.spdx"] = _source_sbom(version, gen)
+
+        primary = tuple(sorted(contents))
+        release = Release(
+            version=version,
+            signed=is_signed,
+            platforms=chosen,
+            primary=primary,
+            optional=tuple(f for f in KNOWN_OPTIONAL_FILES if f in optional_files),
+            signer=the_signer if is_signed else None,
+        )
+        self.releases[version] = release
+        for relpath in primary:
+            self._write_primary(release, relpath, contents[relpath])
+            if release.signed and is_signed_kind(relpath):
+                self._sign(release, relpath)
+        for which, digest in (("SHA256SUMS", sha256_hex), ("SHA512SUMS", sha512_hex)):
+            text = "\n".join(f"{digest(contents[p])}  {p}" for p in primary)
+            self._write_sums(version, which, text.encode())
+        for name in release.optional:
+            self.put(release.path(name), _optional_file(name, version, contents))
+        self._write_release_notes_index()
+        return release
+
+    def release_of(self, path: str) -> tuple[Release, str] | None:
+        """``(release, relpath)`` if ``path`` lies inside a generated release, else None."""
+        m = re.match(r"^release/([^/]+)/(.+)$", _key(path))
+        if m is None or m.group(1) not in self.releases:
+            return None
+        return self.releases[m.group(1)], m.group(2)
+
+    # -- markers -----------------------------------------------------------------------------
+
+    def set_marker(self, name: str, version: str) -> None:
+        """Write ``release/<name>.txt`` (``stable``, ``stable-1.34``, ``latest-1``, ...)."""
+        name = name.removesuffix(".txt")
+        if "/" in name or not name:
+            raise ValueError(f"bad marker name {name!r}")
+        # Upstream: the bare version string, no trailing newline.
+        self.put(f"release/{name}.txt", version.encode())
+
+    def publish_markers(self, *, stable: str | None = None, latest: str | None = None) -> None:
+        """Write the usual markers for the generated releases, as upstream would.
+
+        ``stable-1.<m>`` names the newest final release of minor ``m``, ``latest-1.<m>`` the newest
+        including pre-releases; ``stable``/``stable-1`` default to the newest final release and
+        ``latest``/``latest-1`` to the newest release of all.
+        """
+        versions = sorted(self.releases, key=version_key)
+        finals = [v for v in versions if not is_prerelease(v)]
+        for v in versions:
+            minor = f"1.{version_key(v)[1]}"
+            self.set_marker(f"latest-{minor}", v)
+            if not is_prerelease(v):
+                self.set_marker(f"stable-{minor}", v)
+        stable = stable or (finals[-1] if finals else None)
+        latest = latest or (versions[-1] if versions else None)
+        if stable is not None:
+            self.set_marker("stable", stable)
+            self.set_marker("stable-1", stable)
+        if latest is not None:
+            self.set_marker("latest", latest)
+            self.set_marker("latest-1", latest)
+
+    # -- mutations for negative tests --------------------------------------------------------
+
+    def replace_file(
+        self,
+        path: str,
+        data: bytes,
+        *,
+        update_sums: bool = True,
+        update_sidecars: bool = True,
+        resign: bool = False,
+        signer: Signer | None = None,
+    ) -> None:
+        """Replace a file's content and, as asked, what vouches for it.
+
+        For a primary file: ``update_sidecars`` rewrites ``.sha256``/``.sha512``; ``update_sums``
+        rewrites its line in both SUMS files (and their sidecars); ``resign`` signs the new
+        content with ``signer`` (default: the release's), e.g. a signer of the wrong identity.
+        The signed SBOM is never updated: an attacker who can rewrite the unsigned SUMS and
+        sidecars cannot rewrite it either, so a covered file then disagrees with the SBOM.
+        For a SUMS file, ``update_sidecars`` refreshes its own sidecars. Any other path is set
+        as is (a sidecar, a ``.sig``, a marker, or a new file).
+        """
+        path = _key(path)
+        self.put(path, data)
+        found = self.release_of(path)
+        if found is None:
+            return
+        release, relpath = found
+        if relpath in SUMS_FILES:
+            if update_sidecars:
+                self._write_sidecars(path, data)
+            return
+        if relpath not in release.primary:
+            return
+        if update_sidecars:
+            self._write_sidecars(path, data)
+        if update_sums:
+            for which, digest in (("SHA256SUMS", sha256_hex), ("SHA512SUMS", sha512_hex)):
+                self._set_sums_line(release.version, which, relpath, digest(data))
+        if resign:
+            if not is_signed_kind(relpath):
+                raise ValueError(f"{relpath} is a kind upstream never signs")
+            self._sign(release, relpath, signer=signer)
+
+    def set_sums_text(self, version: str, text: str | bytes, *, which: str = "SHA256SUMS") -> None:
+        """Replace a SUMS file with arbitrary (e.g. hostile) text; its own sidecars follow."""
+        if which not in SUMS_FILES:
+            raise ValueError(f"which must be one of {SUMS_FILES}")
+        if version not in self.releases:
+            raise KeyError(version)
+        self._write_sums(version, which, text.encode() if isinstance(text, str) else text)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _write_primary(self, release: Release, relpath: str, data: bytes) -> None:
+        path = release.path(relpath)
+        self.put(path, data)
+        self._write_sidecars(path, data)
+
+    def _write_sidecars(self, path: str, data: bytes) -> None:
+        # Upstream: bare lowercase hex, no file name, no newline.
+        self.put(f"{path}.sha256", sha256_hex(data).encode())
+        self.put(f"{path}.sha512", sha512_hex(data).encode())
+
+    def _write_sums(self, version: str, which: str, text: bytes) -> None:
+        path = f"release/{version}/{which}"
+        self.put(path, text)
+        self._write_sidecars(path, text)
+
+    def _set_sums_line(self, version: str, which: str, relpath: str, hex_digest: str) -> None:
+        path = f"release/{version}/{which}"
+        lines = self.files.get(path, b"").decode(errors="surrogateescape").split("\n")
+        suffix = f"  {relpath}"
+        hits = [i for i, line in enumerate(lines) if line.endswith(suffix)]
+        for i in hits:
+            lines[i] = f"{hex_digest}{suffix}"
+        if not hits:
+            lines = [*(line for line in lines if line), f"{hex_digest}{suffix}"]
+        self._write_sums(version, which, "\n".join(lines).encode(errors="surrogateescape"))
+
+    def _sign(self, release: Release, relpath: str, *, signer: Signer | None = None) -> None:
+        the_signer = signer or release.signer or self.signer
+        if the_signer is None:
+            raise ValueError(f"no signer to sign {relpath} of {release.version}")
+        path = release.path(relpath)
+        result = the_signer(self.files[path])
+        sig, cert = result if isinstance(result, tuple) else (result.sig, result.cert)
+        self.put(f"{path}.sig", sig)
+        self.put(f"{path}.cert", cert)
+        self.signatures[path] = result
+
+    def _write_release_notes_index(self) -> None:
+        index = {
+            v: _RELEASE_NOTES_URL.format(version=v) for v in sorted(self.releases, key=version_key)
+        }
+        self.put("release/release-notes-index.json", json.dumps(index, indent=2).encode())
+
+
+def _key(path: str) -> str:
+    return path.removeprefix("/")
+
+
+# -- content generation ------------------------------------------------------------------------
+
+_MAGIC = {"linux": b"\x7fELF\x02\x01\x01", "darwin": b"\xcf\xfa\xed\xfe", "windows": b"MZ\x90\x00"}
+
+
+class _Generator:
+    """Deterministic pseudo-random bodies: same (seed, version, relpath), same bytes."""
+
+    def __init__(self, seed: str, version: str, size_bytes: int | None) -> None:
+        self._prefix = f"{seed}\0{version}\0"
+        self._size_bytes = size_bytes
+
+    def size(self, relpath: str) -> int:
+        if self._size_bytes is not None:
+            return self._size_bytes
+        h = hashlib.sha256(f"size\0{self._prefix}{relpath}".encode()).digest()
+        return 2000 + int.from_bytes(h[:4], "big") % 4001
+
+    def payload(self, relpath: str, size_bytes: int | None = None) -> bytes:
+        n = self.size(relpath) if size_bytes is None else size_bytes
+        # random.Random seeded by a str is stable across runs and platforms (seed version 2).
+        return random.Random(f"{self._prefix}{relpath}").randbytes(n)
+
+    def binary(self, relpath: str, os_: str) -> bytes:
+        body = self.payload(relpath)
+        magic = _MAGIC[os_]
+        return magic + body[len(magic) :] if len(body) >= len(magic) else body
+
+
+def _targz(members: Iterable[tuple[str, bytes]]) -> bytes:
+    """A real, reproducible .tar.gz (fixed mtimes and owners)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755
+            info.mtime = int(_EPOCH.timestamp())
+            info.uname = info.gname = "root"
+            tar.addfile(info, io.BytesIO(data))
+    # Level 1: payloads are random (incompressible), so a higher level only costs time.
+    return gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
+
+
+def _tarballs(
+    gen: _Generator, platforms: tuple[str, ...], binaries: Mapping[str, bytes]
+) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for name in COMMON_TARBALLS:
+        out[name] = _targz([(f"kubernetes/{name.removesuffix('.tar.gz')}", gen.payload(name))])
+    for platform in platforms:
+        os_, arch = platform.split("/")
+        exe = ".exe" if os_ == "windows" else ""
+        # The client tarball carries the very kubectl binaries of the release, as upstream.
+        out[f"kubernetes-client-{os_}-{arch}.tar.gz"] = _targz(
+            (f"kubernetes/client/bin/{b}{exe}", binaries[f"bin/{os_}/{arch}/{b}{exe}"])
+            for b in CLIENT_BINARIES
+        )
+        if platform in NODE_TARBALL_PLATFORMS:
+            name = f"kubernetes-node-{os_}-{arch}.tar.gz"
+            out[name] = _targz([("kubernetes/node/bin/payload", gen.payload(name))])
+        if os_ == "linux" and arch in SERVER_ARCHES:
+            for kind in ("server", "test"):
+                name = f"kubernetes-{kind}-linux-{arch}.tar.gz"
+                out[name] = _targz([(f"kubernetes/{kind}/bin/payload", gen.payload(name))])
+    return out
+
+
+def _spdx_id(relpath: str) -> str:
+    # SPDX identifiers allow letters, digits, "." and "-" only.
+    return "SPDXRef-File-" + re.sub(r"[^A-Za-z0-9.-]", "-", relpath)
+
+
+def _spdx_header(document: str, version: str) -> list[str]:
+    return [
+        "SPDXVersion: SPDX-2.3",
+        "DataLicense: CC0-1.0",
+        "SPDXID: SPDXRef-DOCUMENT",
+        f"DocumentName: {document}-{version}",
+        f"DocumentNamespace: https://k8s.io/sbom/{version}/{document}",
+        "Creator: Tool: k8s-mirror-fake-upstream",
+        f"Created: {_EPOCH.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+        "",
+    ]
+
+
+def _spdx_files(package_id: str, files: Mapping[str, bytes]) -> list[str]:
+    lines: list[str] = []
+    for relpath in sorted(files):
+        data = files[relpath]
+        spdx_id = _spdx_id(relpath)
+        lines += [
+            f"FileName: ./{relpath}",
+            f"SPDXID: {spdx_id}",
+            f"FileChecksum: SHA1: {hashlib.sha1(data).hexdigest()}",
+            f"FileChecksum: SHA256: {sha256_hex(data)}",
+            f"FileChecksum: SHA512: {sha512_hex(data)}",
+            "LicenseConcluded: NOASSERTION",
+            "LicenseInfoInFile: NOASSERTION",
+            "FileCopyrightText: NOASSERTION",
+            f"Relationship: {package_id} CONTAINS {spdx_id}",
+            "",
+        ]
+    return lines
+
+
+def _verification_code(files: Mapping[str, bytes]) -> str:
+    # SPDX 2.3 §7.9: sha1 over the sorted, concatenated sha1 hex digests of the package files.
+    sha1s = sorted(hashlib.sha1(d).hexdigest() for d in files.values())
+    return hashlib.sha1("".join(sha1s).encode()).hexdigest()
+
+
+def _package(
+    package_id: str, name: str, version: str, location: str, files: Mapping[str, bytes]
+) -> list[str]:
+    return [
+        f"##### Package: {name}",
+        "",
+        f"PackageName: {name}",
+        f"SPDXID: {package_id}",
+        f"PackageVersion: {version}",
+        f"PackageDownloadLocation: {location}",
+        "FilesAnalyzed: true",
+        f"PackageVerificationCode: {_verification_code(files)}",
+        "PackageLicenseConcluded: Apache-2.0",
+        "PackageLicenseDeclared: Apache-2.0",
+        "PackageCopyrightText: NOASSERTION",
+        f"Relationship: SPDXRef-DOCUMENT DESCRIBES {package_id}",
+        "",
+    ]
+
+
+def _release_sbom(version: str, contents: Mapping[str, bytes]) -> bytes:
+    """SPDX 2.3 tag-value listing the binaries, image archives and tarballs of the release.
+
+    The ``.docker_tag`` files are left out (they are metadata of the images, not artifacts), so
+    a test can tell "covered by the signed SBOM" from "only in the unsigned SUMS".
+    """
+    covered = {p: d for p, d in contents.items() if sbom_covers(p)}
+    package_id = "SPDXRef-Package-kubernetes-release"
+    location = f"https://dl.k8s.io/release/{version}/"
+    lines = _spdx_header("kubernetes-release", version)
+    lines += _package(package_id, "kubernetes-release", version, location, covered)
+    lines += _spdx_files(package_id, covered)
+    return "\n".join(lines).encode()
+
+
+def _source_sbom(version: str, gen: _Generator) -> bytes:
+    sources = {
+        name: gen.payload(f"src/{name}", 200)
+        for name in ("go.mod", "go.sum", "cmd/kubectl/kubectl.go")
+    }
+    package_id = "SPDXRef-Package-kubernetes"
+    location = f"git+https://github.com/kubernetes/kubernetes@{version}"
+    lines = _spdx_header("kubernetes-source", version)
+    lines += _package(package_id, "kubernetes", version, location, sources)
+    lines += _spdx_files(package_id, sources)
+    return "\n".join(lines).encode()
+
+
+def _optional_file(name: str, version: str, contents: Mapping[str, bytes]) -> bytes:
+    if name == "provenance.json":
+        # An in-toto SLSA statement naming the release's artifacts, like upstream's.
+        statement = {
+            "_type": "https://in-toto.io/Statement/v0.1",
+            "predicateType": "https://slsa.dev/provenance/v0.2",
+            "subject": [
+                {"name": p, "digest": {"sha256": sha256_hex(d)}}
+                for p, d in sorted(contents.items())
+            ],
+            "predicate": {"builder": {"id": "https://prow.k8s.io"}, "buildType": "krel"},
+        }
+        return json.dumps(statement, indent=2).encode()
+    if name == "release-notes.json":
+        notes = {"1": {"commit": "0" * 40, "text": f"Release {version}.", "kinds": ["feature"]}}
+        return json.dumps(notes, indent=2).encode()
+    return f"<html><body><h1>Kubernetes {version}</h1></body></html>\n".encode()
+
+
+# -- a throwaway signer for trials that do not verify signatures --------------------------------
+
+
+def make_not_sigstore_signer(common_name: str = "NOT SIGSTORE throwaway test signer") -> Signer:
+    """A :data:`Signer` with the right file formats that Sigstore verification must REJECT.
+
+    It signs with a fresh P-256 key under a self-signed certificate: no Fulcio chain, no SCT,
+    no Rekor entry. Good for format tests and offline trials of the download path only.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(minutes=10))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = base64.b64encode(cert.public_bytes(serialization.Encoding.PEM))
+
+    def sign(data: bytes) -> tuple[bytes, bytes]:
+        return base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))), cert_file
+
+    return sign
