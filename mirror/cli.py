@@ -19,8 +19,15 @@ import click
 
 from mirror import __version__
 from mirror.config import Config, load_config
-from mirror.errors import EXIT_INTERRUPTED, ConfigError, MirrorError, TreeVerifyError
-from mirror.progress import BarProgress, LogProgress, setup_logging
+from mirror.errors import (
+    EXIT_INTERRUPTED,
+    ConfigError,
+    MirrorError,
+    TreeVerifyError,
+    UpstreamError,
+)
+from mirror.layout import STATE_DIR_NAME
+from mirror.progress import BarProgress, LogProgress, pipe_safe_stdout, setup_logging
 from mirror.report import RunReport, read_status
 from mirror.store import Store
 
@@ -35,8 +42,13 @@ def fail(exc: MirrorError) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
-def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine; SIGTERM and Ctrl-C cancel it cleanly (partials stay for resume)."""
+def run_async(
+    make: Callable[[], Coroutine[Any, Any, T]], *, before_message: Callable[[], None] | None = None
+) -> T:
+    """Run a coroutine; SIGTERM and Ctrl-C cancel it cleanly (partials stay for resume).
+
+    ``before_message`` (taking progress bars down) runs before an interruption or error is
+    printed, so that the message is the last thing on the terminal."""
 
     async def guarded() -> T:
         task = asyncio.current_task()
@@ -49,9 +61,13 @@ def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(guarded())
     except asyncio.CancelledError:
+        if before_message is not None:
+            before_message()
         click.echo("k8s-mirror: interrupted; the next run resumes", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except MirrorError as exc:
+        if before_message is not None:
+            before_message()
         fail(exc)
 
 
@@ -120,9 +136,45 @@ def build_overrides(**flags: Any) -> dict[str, Any]:
     return overrides
 
 
-def load(config_path: Path | None, **flags: Any) -> Config:
+FLAG_OF_KEY = {
+    "tree.root": "--root",
+    "select.versions": "--version",
+    "select.platforms": "--platform",
+    "select.components": "--component",
+    "upstream.concurrency": "--concurrency",
+    "upstream.url": "--upstream-url",
+    "verify.rekor_url": "--rekor-url",
+    "verify.trusted_root": "--trusted-root",
+}
+
+
+def check_flags(overrides: dict[str, Any], flag_of_key: dict[str, str] | None = None) -> None:
+    """Validate the flags on their own first, so that a bad flag is reported by its name and
+    value (``--platform linux-amd64: ...``), not as a key of a config file it is not in."""
     try:
-        return load_config(config_path, build_overrides(**flags))
+        load_config(None, overrides)
+    except ConfigError as exc:
+        problems = []
+        for problem in exc.problems:
+            key, _, message = problem.partition(": ")
+            base, _, index = key.partition("[")
+            flag = {**FLAG_OF_KEY, **(flag_of_key or {})}.get(base)
+            if flag is None:
+                problems.append(problem)
+                continue
+            value = overrides[base]
+            if index and isinstance(value, list):
+                value = value[int(index.rstrip("]"))]
+            shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+            problems.append(f"{flag} {shown}: {message}")
+        raise ConfigError(problems, source="command line") from None
+
+
+def load(config_path: Path | None, **flags: Any) -> Config:
+    overrides = build_overrides(**flags)
+    try:
+        check_flags(overrides)
+        return load_config(config_path, overrides)
     except ConfigError as exc:
         fail(exc)
 
@@ -152,10 +204,25 @@ def tree_config(root: Path | None, config_path: Path | None) -> Config:
     return load(config_path)
 
 
+def require_tree(root: Path, source: str) -> None:
+    """``status`` and ``verify`` read an existing tree: a path that is none is a usage error
+    (exit 2), not an empty tree ("last success: never") or an unwritable one."""
+    if not root.exists():
+        problem = f"{root}: does not exist"
+    elif not (root / "release").is_dir() and not (root / STATE_DIR_NAME).is_dir():
+        problem = f"{root}: not a k8s-mirror tree (no release/ or {STATE_DIR_NAME}/ in it)"
+    else:
+        return
+    error = ConfigError(problem, source=source)
+    error.hint = "give a mirror tree's root with --root, or its mirror.toml with --config"
+    fail(error)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="k8s-mirror")
 def main() -> None:
     """Mirror Kubernetes releases from dl.k8s.io into a verified local tree."""
+    pipe_safe_stdout()
 
 
 @main.command()
@@ -197,7 +264,8 @@ def sync(
     reporter = BarProgress() if show_bars and not quiet and not dry_run else LogProgress()
     try:
         report = run_async(
-            lambda: SyncRun(config, dry_run=dry_run, progress=reporter, lock_wait_s=wait_s).run()
+            lambda: SyncRun(config, dry_run=dry_run, progress=reporter, lock_wait_s=wait_s).run(),
+            before_message=reporter.close,
         )
     finally:
         reporter.close()
@@ -244,6 +312,18 @@ def print_plan(report: RunReport) -> None:
         click.echo(f"k8s-mirror: error: {report.error}", err=True)
 
 
+def unreachable_hint(report: RunReport) -> str:
+    """What to do when upstream could not be reached at all (exit 4)."""
+    from mirror.upstream import TLSCertificateError
+
+    if any("TLS certificate not trusted" in f.reason for f in report.failures):
+        return str(TLSCertificateError.hint)
+    return (
+        "check the network and the proxy settings (HTTPS_PROXY/NO_PROXY or upstream.proxy), "
+        "or point --upstream-url / upstream.url at a reachable mirror"
+    )
+
+
 def print_summary(report: RunReport, *, quiet: bool) -> None:
     line = (
         f"{report.outcome}: fetched {plural(report.files_fetched, 'file')} "
@@ -255,6 +335,8 @@ def print_summary(report: RunReport, *, quiet: bool) -> None:
         for failure in report.failures:
             click.echo(f"k8s-mirror: failed: {failure.path}: {failure.reason}", err=True)
         click.echo(f"k8s-mirror: error: {line}", err=True)
+        if report.exit_code == UpstreamError.exit_code:
+            click.echo(f"k8s-mirror: hint: {unreachable_hint(report)}", err=True)
     elif not quiet:
         click.echo(line)
 
@@ -264,7 +346,9 @@ def print_summary(report: RunReport, *, quiet: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(root: Path | None, config_path: Path | None, as_json: bool) -> None:
     """Summarise the tree and the last runs."""
+    source = "--root" if root is not None else "tree.root"
     root = root or tree_config(root, config_path).tree.root
+    require_tree(root, source)
     store = Store(root)
     state = read_status(store)
     releases = {}
@@ -333,6 +417,7 @@ def verify(
 
     setup_logging(verbose=verbose, quiet=quiet, fmt=log_format)
     config = tree_config(root, config_path)
+    require_tree(root or config.tree.root, "--root" if root is not None else "tree.root")
     audit = TreeAudit(
         root or config.tree.root,
         config.verify.identities,
@@ -492,6 +577,7 @@ def _fetch_config(
         }
     )
     try:
+        check_flags(overrides, {"select.versions": "VERSION", "tree.root": "--output"})
         config = load_config(config_path, overrides)
     except ConfigError as exc:
         fail(exc)
@@ -584,7 +670,8 @@ def fetch_command(
             report = run_async(
                 lambda: SyncRun(
                     config, progress=reporter, lock_wait_s=wait_s, command="fetch"
-                ).run()
+                ).run(),
+                before_message=reporter.close,
             )
         finally:
             reporter.close()

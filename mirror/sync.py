@@ -30,12 +30,14 @@ from mirror.errors import (
     EXIT_INTERRUPTED,
     ConfigError,
     DigestMismatchError,
+    HTTPStatusError,
     IntegrityError,
     LocalStoreError,
     LockHeldError,
     MirrorError,
     PartialSyncError,
     PruneGuardError,
+    ReleaseNotFoundError,
     SignatureError,
     UpstreamError,
 )
@@ -268,6 +270,8 @@ class SyncRun:
         for version in sorted(wanted.values()):
             try:
                 releases.append(await self._plan_release(fetcher, version))
+            except ReleaseNotFoundError:
+                raise  # a version that does not exist is a selection error: stop the run
             except MirrorError as exc:
                 failures.append(Failure(f"release/{version}", failure_kind(exc), str(exc)))
         if not failures and releases:
@@ -350,7 +354,14 @@ class SyncRun:
         files: dict[RelPath, bytes] = {}
         for sums_name in catalog.SUMS_FILES:
             base = f"release/{version}/{sums_name}"
-            body = await fetcher.bytes(fetcher.upstream.release_url(base), max_bytes=SUMS_MAX_BYTES)
+            try:
+                body = await fetcher.bytes(
+                    fetcher.upstream.release_url(base), max_bytes=SUMS_MAX_BYTES
+                )
+            except HTTPStatusError as exc:
+                if exc.status == 404 and sums_name == catalog.SUMS_FILES[0]:
+                    raise ReleaseNotFoundError(version, fetcher.upstream.config.url) from None
+                raise
             files[RelPath(sums_name)] = body
             for suffix, algo in ((".sha256", "sha256"), (".sha512", "sha512")):
                 side = await fetcher.text(
