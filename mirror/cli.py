@@ -190,9 +190,12 @@ def tree_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="Take tree.root (unless --root) and verify.identities from this config "
         "(default: ./mirror.toml if it exists).",
     )(func)
-    return click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None)(
-        func
-    )
+    return click.option(
+        "--root",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="The mirror tree (default: tree.root of the config).",
+    )(func)
 
 
 def tree_config(root: Path | None, config_path: Path | None) -> Config:
@@ -722,7 +725,12 @@ def _echo_export(result: Any, quiet: bool) -> None:
 
 
 @main.command("export")
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The mirror tree to export from.",
+)
 @click.option(
     "-o",
     "--output",
@@ -776,12 +784,18 @@ def export_command(
 
 @main.command("import")
 @click.argument("source", type=click.Path(path_type=Path, exists=True))
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The mirror tree to import into (created if missing).",
+)
 @click.option(
     "--trusted-root",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="Verify bundles against this trusted_root.json (default: the tree's own; for a first "
-    "import into an empty tree, the one the set carries).",
+    help="Verify bundles against this trusted_root.json, which is then written into ROOT "
+    "(default: ROOT's own; a first import into an empty tree accepts the set's only if it is "
+    "the Sigstore public-good root, otherwise it stops and asks for this option).",
 )
 @click.option(
     "-c",

@@ -90,6 +90,7 @@ class ConnectProxy:
     each tunnel was for."""
 
     tunnels: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
     server: asyncio.Server | None = None
 
     @property
@@ -105,6 +106,7 @@ class ConnectProxy:
             method, target, _ = request.split(" ", 2)
             host, _, port = target.rpartition(":")
             if method != "CONNECT" or host != "127.0.0.1":
+                self.refused.append(target)
                 writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
                 return
             self.tunnels.append(target)
@@ -248,3 +250,19 @@ async def test_a_missing_ca_file_is_a_config_error(env: Env) -> None:
     result = await env.cli("sync", "--config", str(env.config_path))
     assert result.exit_code == 2
     assert "upstream.ca_file" in result.stderr and "no-such-ca.pem" in result.stderr
+
+
+async def test_an_offline_trust_root_refresh_is_one_warning(env: Env, proxy: ConnectProxy) -> None:
+    """The TUF client honours HTTPS_PROXY; our proxy refuses the internet, so nothing leaves
+    the machine and the refresh fails as it would offline."""
+    env.write_config(verify={"trusted_root": "production"})
+    xdg = {f"XDG_{n}_HOME": str(env.tmp / "xdg" / n.lower()) for n in ("DATA", "CACHE")}
+    result = await env.cli(
+        "sync",
+        "--config",
+        str(env.config_path),
+        env={**NO_PROXY_ENV, **xdg, "HTTPS_PROXY": proxy.url, "NO_PROXY": "127.0.0.1"},
+    )
+    assert any("sigstore" in target for target in proxy.refused), proxy.refused
+    assert result.stderr.count("could not refresh the Sigstore trust root") == 1
+    assert "Retrying" not in result.stderr and "urllib3" not in result.stderr
