@@ -2,10 +2,11 @@
 the Sigstore services, and ``k8s-mirror demo``, which runs the real ``sync`` and ``verify``
 against them.
 
-- ``release``: generates a release tree in the exact upstream formats (SUMS, sidecars, SBOMs);
+- ``release``: generates a release tree in the exact upstream formats (SUMS, sidecars, SBOMs),
+  from the platform rules in ``matrix`` and the file bodies of ``contents``;
 - ``dlserver``: serves it the way dl.k8s.io does (Range, ETag, redirects, fault injection);
-- ``sigstore_stack``: a throwaway Fulcio-style CA, CT log and Rekor log whose signatures the real
-  sigstore-python verifier accepts;
+- ``sigstore_stack``: a throwaway Fulcio-style CA and CT log (``fulcio``) and Rekor log
+  (``rekor``) whose signatures the real sigstore-python verifier accepts;
 - ``runner``: the ``demo`` command.
 
 The tests run these very modules (``tests/fakes`` re-exports them). Everything they sign is

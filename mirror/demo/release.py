@@ -1,10 +1,10 @@
-"""A generated dl.k8s.io file tree in exact upstream formats (DESIGN.md §1), held in memory.
+"""A generated dl.k8s.io file tree in exact upstream formats , held in memory.
 
 This module owns *what* upstream publishes: the primary files of a release for the platform
 matrix, their ``.sha256``/``.sha512`` sidecars, ``.sig``/``.cert`` pairs from a pluggable signer,
 the ``SHA256SUMS``/``SHA512SUMS`` lists and their sidecars, the SPDX SBOMs, the version markers
 and ``release-notes-index.json``, plus mutations that tamper with all of that for negative tests.
-It does no I/O; ``tests/fakes/dlserver.py`` serves an :class:`UpstreamTree` over HTTP.
+It does no I/O; ``dlserver`` serves an :class:`UpstreamTree` over HTTP.
 
 Keys of :attr:`UpstreamTree.files` are URL paths without the leading slash, e.g.
 ``release/v1.34.2/bin/linux/amd64/kubectl``; a release's own paths (``relpath``) are relative to
@@ -15,14 +15,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import gzip
-import hashlib
-import io
 import json
-import random
 import re
-import tarfile
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,6 +25,77 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from mirror.demo.contents import Generator, optional_file, release_sbom, source_sbom, tarballs
+from mirror.demo.matrix import (
+    CLIENT_BINARIES as CLIENT_BINARIES,
+)
+from mirror.demo.matrix import (
+    COMMON_TARBALLS as COMMON_TARBALLS,
+)
+from mirror.demo.matrix import (
+    EPOCH as EPOCH,
+)
+from mirror.demo.matrix import (
+    FIRST_SIGNED_VERSION as FIRST_SIGNED_VERSION,
+)
+from mirror.demo.matrix import (
+    IMAGE_COMPONENTS as IMAGE_COMPONENTS,
+)
+from mirror.demo.matrix import (
+    KNOWN_OPTIONAL_FILES as KNOWN_OPTIONAL_FILES,
+)
+from mirror.demo.matrix import (
+    NODE_TARBALL_PLATFORMS as NODE_TARBALL_PLATFORMS,
+)
+from mirror.demo.matrix import (
+    OPTIONAL_FILES as OPTIONAL_FILES,
+)
+from mirror.demo.matrix import (
+    PLATFORM_MATRIX as PLATFORM_MATRIX,
+)
+from mirror.demo.matrix import (
+    RELEASE_NOTES_URL as RELEASE_NOTES_URL,
+)
+from mirror.demo.matrix import (
+    RELEASE_SBOM as RELEASE_SBOM,
+)
+from mirror.demo.matrix import (
+    SBOM_FILES as SBOM_FILES,
+)
+from mirror.demo.matrix import (
+    SERVER_ARCHES as SERVER_ARCHES,
+)
+from mirror.demo.matrix import (
+    SERVER_NODE_BINARIES as SERVER_NODE_BINARIES,
+)
+from mirror.demo.matrix import (
+    SUMS_FILES as SUMS_FILES,
+)
+from mirror.demo.matrix import (
+    WINDOWS_NODE_BINARIES as WINDOWS_NODE_BINARIES,
+)
+from mirror.demo.matrix import (
+    is_prerelease as is_prerelease,
+)
+from mirror.demo.matrix import (
+    is_signed_by_default as is_signed_by_default,
+)
+from mirror.demo.matrix import (
+    is_signed_kind as is_signed_kind,
+)
+from mirror.demo.matrix import (
+    sbom_covers as sbom_covers,
+)
+from mirror.demo.matrix import (
+    sha256_hex as sha256_hex,
+)
+from mirror.demo.matrix import (
+    sha512_hex as sha512_hex,
+)
+from mirror.demo.matrix import (
+    version_key as version_key,
+)
 
 
 class SignedFiles(Protocol):
@@ -49,122 +115,6 @@ Upstream formats: ``.sig`` is base64 of a DER ECDSA P-256 signature over the fil
 base64 of a PEM certificate. The fake Sigstore stack's ``sign_blob`` is such a callable (wrap it
 in ``functools.partial`` to sign as another identity).
 """
-
-
-# -- The platform matrix of recent releases (DESIGN.md §1) -------------------------------------
-
-SERVER_ARCHES: tuple[str, ...] = ("amd64", "arm64", "ppc64le", "s390x")
-"""Linux architectures that carry the full server and node set, images and server tarballs."""
-
-SERVER_NODE_BINARIES: tuple[str, ...] = (
-    "apiextensions-apiserver",
-    "kube-aggregator",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-log-runner",
-    "kube-proxy",
-    "kube-scheduler",
-    "kubeadm",
-    "kubectl",
-    "kubectl-convert",
-    "kubelet",
-    "mounter",
-)
-IMAGE_COMPONENTS: tuple[str, ...] = (
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "kube-proxy",
-)
-"""Each has ``bin/linux/<arch>/<component>.tar`` and ``<component>.docker_tag`` on server arches."""
-
-CLIENT_BINARIES: tuple[str, ...] = ("kubectl", "kubectl-convert")
-WINDOWS_NODE_BINARIES: tuple[str, ...] = (
-    "kube-log-runner",
-    "kube-proxy",
-    "kubeadm",
-    "kubectl",
-    "kubectl-convert",
-    "kubelet",
-)
-
-PLATFORM_MATRIX: Mapping[str, tuple[str, ...]] = {
-    **{f"linux/{arch}": SERVER_NODE_BINARIES for arch in SERVER_ARCHES},
-    "linux/386": CLIENT_BINARIES,
-    "linux/arm": CLIENT_BINARIES,
-    "darwin/amd64": CLIENT_BINARIES,
-    "darwin/arm64": CLIENT_BINARIES,
-    "windows/amd64": WINDOWS_NODE_BINARIES,
-    "windows/386": CLIENT_BINARIES,
-    "windows/arm64": CLIENT_BINARIES,
-}
-"""``"<os>/<arch>"`` -> plain binaries under ``bin/<os>/<arch>/`` (names without ``.exe``)."""
-
-NODE_TARBALL_PLATFORMS: tuple[str, ...] = (*(f"linux/{a}" for a in SERVER_ARCHES), "windows/amd64")
-"""Platforms with a ``kubernetes-node-<os>-<arch>.tar.gz``."""
-
-COMMON_TARBALLS: tuple[str, ...] = (
-    "kubernetes.tar.gz",
-    "kubernetes-src.tar.gz",
-    "kubernetes-test-portable.tar.gz",
-    "kubernetes-manifests.tar.gz",
-)
-"""Platform-independent tarballs, present in every release."""
-
-SBOM_FILES: tuple[str, ...] = ("kubernetes-release.spdx", "kubernetes-source.spdx")
-RELEASE_SBOM = "kubernetes-release.spdx"
-SUMS_FILES: tuple[str, ...] = ("SHA256SUMS", "SHA512SUMS")
-OPTIONAL_FILES: tuple[str, ...] = ("provenance.json", "release-notes.json")
-"""Unsigned extras without sidecars, not in the SUMS; upstream may 404 them."""
-KNOWN_OPTIONAL_FILES: tuple[str, ...] = (*OPTIONAL_FILES, "announcement.html")
-
-FIRST_SIGNED_VERSION = "v1.26.0-rc.1"
-"""Signing of release files started here; older releases have no ``.sig``/``.cert``."""
-
-# Fixed, so two generations with the same seed are byte-identical.
-_EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-_RELEASE_NOTES_URL = "https://dl.k8s.io/release/{version}/release-notes.json"
-
-_VERSION_RE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(?:-(alpha|beta|rc)\.(\d+))?$")
-_PRE_RANK = {"alpha": 0, "beta": 1, "rc": 2, None: 3}
-
-
-def version_key(version: str) -> tuple[int, int, int, int, int]:
-    """Sort key for ``vX.Y.Z[-alpha|beta|rc.N]``; a pre-release sorts before its final."""
-    m = _VERSION_RE.match(version)
-    if m is None:
-        raise ValueError(f"not a Kubernetes release version: {version!r}")
-    major, minor, patch, pre, n = m.groups()
-    return (int(major), int(minor), int(patch), _PRE_RANK[pre], int(n or 0))
-
-
-def is_prerelease(version: str) -> bool:
-    return version_key(version)[3] != _PRE_RANK[None]
-
-
-def is_signed_by_default(version: str) -> bool:
-    """Upstream signed every release from v1.26.0-rc.1 on."""
-    return version_key(version) >= version_key(FIRST_SIGNED_VERSION)
-
-
-def is_signed_kind(relpath: str) -> bool:
-    """Whether upstream signs this primary file: every primary file except ``*.docker_tag``."""
-    return not relpath.endswith(".docker_tag")
-
-
-def sbom_covers(relpath: str) -> bool:
-    """Whether generated ``kubernetes-release.spdx`` lists this primary relpath."""
-    return relpath.endswith(".tar.gz") or (
-        relpath.startswith("bin/") and not relpath.endswith(".docker_tag")
-    )
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha512_hex(data: bytes) -> str:
-    return hashlib.sha512(data).hexdigest()
 
 
 @dataclass
@@ -228,7 +178,7 @@ class UpstreamTree:
 
     def last_modified(self, path: str) -> dt.datetime:
         """The file's Last-Modified: later for every later write."""
-        return _EPOCH + dt.timedelta(minutes=self._generation.get(_key(path), 0))
+        return EPOCH + dt.timedelta(minutes=self._generation.get(_key(path), 0))
 
     # -- releases ----------------------------------------------------------------------------
 
@@ -242,7 +192,7 @@ class UpstreamTree:
         size_bytes: int | None = None,
         optional_files: Collection[str] = OPTIONAL_FILES,
     ) -> Release:
-        """Generate release ``version`` exactly as upstream lays it out (DESIGN.md §1).
+        """Generate release ``version`` exactly as upstream lays it out .
 
         ``platforms``: ``"<os>/<arch>"`` keys of :data:`PLATFORM_MATRIX` (default: all).
         Platform-independent tarballs and both SBOMs are always present.
@@ -270,7 +220,7 @@ class UpstreamTree:
                 "Sigstore stack's sign_blob, or make_not_sigstore_signer()) or signed=False"
             )
 
-        gen = _Generator(self.seed, version, size_bytes)
+        gen = Generator(self.seed, version, size_bytes)
         contents: dict[str, bytes] = {}
         for platform in chosen:
             os_, arch = platform.split("/")
@@ -285,9 +235,9 @@ class UpstreamTree:
                     )
                     # Upstream: the image tag, which is the version string, no newline.
                     contents[f"bin/linux/{arch}/{component}.docker_tag"] = version.encode()
-        contents.update(_tarballs(gen, chosen, contents))
-        contents[RELEASE_SBOM] = _release_sbom(version, contents)
-        contents["kubernetes-source.spdx"] = _source_sbom(version, gen)
+        contents.update(tarballs(gen, chosen, contents))
+        contents[RELEASE_SBOM] = release_sbom(version, contents)
+        contents["kubernetes-source.spdx"] = source_sbom(version, gen)
 
         primary = tuple(sorted(contents))
         release = Release(
@@ -307,7 +257,7 @@ class UpstreamTree:
             text = "\n".join(f"{digest(contents[p])}  {p}" for p in primary)
             self._write_sums(version, which, text.encode())
         for name in release.optional:
-            self.put(release.path(name), _optional_file(name, version, contents))
+            self.put(release.path(name), optional_file(name, version, contents))
         self._write_release_notes_index()
         return release
 
@@ -444,192 +394,13 @@ class UpstreamTree:
 
     def _write_release_notes_index(self) -> None:
         index = {
-            v: _RELEASE_NOTES_URL.format(version=v) for v in sorted(self.releases, key=version_key)
+            v: RELEASE_NOTES_URL.format(version=v) for v in sorted(self.releases, key=version_key)
         }
         self.put("release/release-notes-index.json", json.dumps(index, indent=2).encode())
 
 
 def _key(path: str) -> str:
     return path.removeprefix("/")
-
-
-# -- content generation ------------------------------------------------------------------------
-
-_MAGIC = {"linux": b"\x7fELF\x02\x01\x01", "darwin": b"\xcf\xfa\xed\xfe", "windows": b"MZ\x90\x00"}
-
-
-class _Generator:
-    """Deterministic pseudo-random bodies: same (seed, version, relpath), same bytes."""
-
-    def __init__(self, seed: str, version: str, size_bytes: int | None) -> None:
-        self._prefix = f"{seed}\0{version}\0"
-        self._size_bytes = size_bytes
-
-    def size(self, relpath: str) -> int:
-        if self._size_bytes is not None:
-            return self._size_bytes
-        h = hashlib.sha256(f"size\0{self._prefix}{relpath}".encode()).digest()
-        return 2000 + int.from_bytes(h[:4], "big") % 4001
-
-    def payload(self, relpath: str, size_bytes: int | None = None) -> bytes:
-        n = self.size(relpath) if size_bytes is None else size_bytes
-        # random.Random seeded by a str is stable across runs and platforms (seed version 2).
-        return random.Random(f"{self._prefix}{relpath}").randbytes(n)
-
-    def binary(self, relpath: str, os_: str) -> bytes:
-        body = self.payload(relpath)
-        magic = _MAGIC[os_]
-        return magic + body[len(magic) :] if len(body) >= len(magic) else body
-
-
-def _targz(members: Iterable[tuple[str, bytes]]) -> bytes:
-    """A real, reproducible .tar.gz (fixed mtimes and owners)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o755
-            info.mtime = int(_EPOCH.timestamp())
-            info.uname = info.gname = "root"
-            tar.addfile(info, io.BytesIO(data))
-    # Level 1: payloads are random (incompressible), so a higher level only costs time.
-    return gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
-
-
-def _tarballs(
-    gen: _Generator, platforms: tuple[str, ...], binaries: Mapping[str, bytes]
-) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for name in COMMON_TARBALLS:
-        out[name] = _targz([(f"kubernetes/{name.removesuffix('.tar.gz')}", gen.payload(name))])
-    for platform in platforms:
-        os_, arch = platform.split("/")
-        exe = ".exe" if os_ == "windows" else ""
-        # The client tarball carries the very kubectl binaries of the release, as upstream.
-        out[f"kubernetes-client-{os_}-{arch}.tar.gz"] = _targz(
-            (f"kubernetes/client/bin/{b}{exe}", binaries[f"bin/{os_}/{arch}/{b}{exe}"])
-            for b in CLIENT_BINARIES
-        )
-        if platform in NODE_TARBALL_PLATFORMS:
-            name = f"kubernetes-node-{os_}-{arch}.tar.gz"
-            out[name] = _targz([("kubernetes/node/bin/payload", gen.payload(name))])
-        if os_ == "linux" and arch in SERVER_ARCHES:
-            for kind in ("server", "test"):
-                name = f"kubernetes-{kind}-linux-{arch}.tar.gz"
-                out[name] = _targz([(f"kubernetes/{kind}/bin/payload", gen.payload(name))])
-    return out
-
-
-def _spdx_id(relpath: str) -> str:
-    # SPDX identifiers allow letters, digits, "." and "-" only.
-    return "SPDXRef-File-" + re.sub(r"[^A-Za-z0-9.-]", "-", relpath)
-
-
-def _spdx_header(document: str, version: str) -> list[str]:
-    return [
-        "SPDXVersion: SPDX-2.3",
-        "DataLicense: CC0-1.0",
-        "SPDXID: SPDXRef-DOCUMENT",
-        f"DocumentName: {document}-{version}",
-        f"DocumentNamespace: https://k8s.io/sbom/{version}/{document}",
-        "Creator: Tool: k8s-mirror-fake-upstream",
-        f"Created: {_EPOCH.strftime('%Y-%m-%dT%H:%M:%SZ')}",
-        "",
-    ]
-
-
-def _spdx_files(package_id: str, files: Mapping[str, bytes]) -> list[str]:
-    lines: list[str] = []
-    for relpath in sorted(files):
-        data = files[relpath]
-        spdx_id = _spdx_id(relpath)
-        lines += [
-            f"FileName: ./{relpath}",
-            f"SPDXID: {spdx_id}",
-            f"FileChecksum: SHA1: {hashlib.sha1(data).hexdigest()}",
-            f"FileChecksum: SHA256: {sha256_hex(data)}",
-            f"FileChecksum: SHA512: {sha512_hex(data)}",
-            "LicenseConcluded: NOASSERTION",
-            "LicenseInfoInFile: NOASSERTION",
-            "FileCopyrightText: NOASSERTION",
-            f"Relationship: {package_id} CONTAINS {spdx_id}",
-            "",
-        ]
-    return lines
-
-
-def _verification_code(files: Mapping[str, bytes]) -> str:
-    # SPDX 2.3 §7.9: sha1 over the sorted, concatenated sha1 hex digests of the package files.
-    sha1s = sorted(hashlib.sha1(d).hexdigest() for d in files.values())
-    return hashlib.sha1("".join(sha1s).encode()).hexdigest()
-
-
-def _package(
-    package_id: str, name: str, version: str, location: str, files: Mapping[str, bytes]
-) -> list[str]:
-    return [
-        f"##### Package: {name}",
-        "",
-        f"PackageName: {name}",
-        f"SPDXID: {package_id}",
-        f"PackageVersion: {version}",
-        f"PackageDownloadLocation: {location}",
-        "FilesAnalyzed: true",
-        f"PackageVerificationCode: {_verification_code(files)}",
-        "PackageLicenseConcluded: Apache-2.0",
-        "PackageLicenseDeclared: Apache-2.0",
-        "PackageCopyrightText: NOASSERTION",
-        f"Relationship: SPDXRef-DOCUMENT DESCRIBES {package_id}",
-        "",
-    ]
-
-
-def _release_sbom(version: str, contents: Mapping[str, bytes]) -> bytes:
-    """SPDX 2.3 tag-value listing the binaries, image archives and tarballs of the release.
-
-    The ``.docker_tag`` files are left out (they are metadata of the images, not artifacts), so
-    a test can tell "covered by the signed SBOM" from "only in the unsigned SUMS".
-    """
-    covered = {p: d for p, d in contents.items() if sbom_covers(p)}
-    package_id = "SPDXRef-Package-kubernetes-release"
-    location = f"https://dl.k8s.io/release/{version}/"
-    lines = _spdx_header("kubernetes-release", version)
-    lines += _package(package_id, "kubernetes-release", version, location, covered)
-    lines += _spdx_files(package_id, covered)
-    return "\n".join(lines).encode()
-
-
-def _source_sbom(version: str, gen: _Generator) -> bytes:
-    sources = {
-        name: gen.payload(f"src/{name}", 200)
-        for name in ("go.mod", "go.sum", "cmd/kubectl/kubectl.go")
-    }
-    package_id = "SPDXRef-Package-kubernetes"
-    location = f"git+https://github.com/kubernetes/kubernetes@{version}"
-    lines = _spdx_header("kubernetes-source", version)
-    lines += _package(package_id, "kubernetes", version, location, sources)
-    lines += _spdx_files(package_id, sources)
-    return "\n".join(lines).encode()
-
-
-def _optional_file(name: str, version: str, contents: Mapping[str, bytes]) -> bytes:
-    if name == "provenance.json":
-        # An in-toto SLSA statement naming the release's artifacts, like upstream's.
-        statement = {
-            "_type": "https://in-toto.io/Statement/v0.1",
-            "predicateType": "https://slsa.dev/provenance/v0.2",
-            "subject": [
-                {"name": p, "digest": {"sha256": sha256_hex(d)}}
-                for p, d in sorted(contents.items())
-            ],
-            "predicate": {"builder": {"id": "https://prow.k8s.io"}, "buildType": "krel"},
-        }
-        return json.dumps(statement, indent=2).encode()
-    if name == "release-notes.json":
-        notes = {"1": {"commit": "0" * 40, "text": f"Release {version}.", "kinds": ["feature"]}}
-        return json.dumps(notes, indent=2).encode()
-    return f"<html><body><h1>Kubernetes {version}</h1></body></html>\n".encode()
 
 
 # -- a throwaway signer for trials that do not verify signatures --------------------------------
