@@ -43,12 +43,16 @@ def fail(exc: MirrorError) -> NoReturn:
 
 
 def run_async(
-    make: Callable[[], Coroutine[Any, Any, T]], *, before_message: Callable[[], None] | None = None
+    make: Callable[[], Coroutine[Any, Any, T]],
+    *,
+    before_message: Callable[[], None] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> T:
     """Run a coroutine; SIGTERM and Ctrl-C cancel it cleanly (partials stay for resume).
 
     ``before_message`` (taking progress bars down) runs before an interruption or error is
-    printed, so that the message is the last thing on the terminal."""
+    printed, so that the message is the last thing on the terminal; with ``overrides``, a
+    config error about a key that came from a flag names the flag."""
 
     async def guarded() -> T:
         task = asyncio.current_task()
@@ -68,6 +72,8 @@ def run_async(
     except MirrorError as exc:
         if before_message is not None:
             before_message()
+        if isinstance(exc, ConfigError) and overrides:
+            exc = name_flags(exc, overrides)
         fail(exc)
 
 
@@ -148,26 +154,41 @@ FLAG_OF_KEY = {
 }
 
 
+def name_flags(
+    error: ConfigError, overrides: dict[str, Any], flag_of_key: dict[str, str] | None = None
+) -> ConfigError:
+    """``error`` with each problem about a key that came from a flag named as typed
+    (``--platform linux-amd64: ...``), not as a key of a config file it is not in."""
+    flags = {**FLAG_OF_KEY, **(flag_of_key or {})}
+    problems = []
+    for problem in error.problems:
+        key, _, message = problem.partition(": ")
+        base, _, index = key.partition("[")
+        if base not in overrides or base not in flags:
+            problems.append(problem)
+            continue
+        value = overrides[base]
+        # The key stays in brackets: it is what mirror.toml would call the same setting.
+        if index and isinstance(value, list):
+            typed = f"{flags[base]} {value[int(index.rstrip(']'))]}"
+        elif isinstance(value, list):
+            typed = flags[base]  # the message quotes the value
+        else:
+            typed = f"{flags[base]} {value}"
+        problems.append(f"{typed} ({key}): {message}")
+    if problems == error.problems:
+        return error
+    named = ConfigError(problems, source="command line")
+    named.hint = error.hint
+    return named
+
+
 def check_flags(overrides: dict[str, Any], flag_of_key: dict[str, str] | None = None) -> None:
-    """Validate the flags on their own first, so that a bad flag is reported by its name and
-    value (``--platform linux-amd64: ...``), not as a key of a config file it is not in."""
+    """Validate the flags on their own first, so that a bad one is reported by its name."""
     try:
         load_config(None, overrides)
     except ConfigError as exc:
-        problems = []
-        for problem in exc.problems:
-            key, _, message = problem.partition(": ")
-            base, _, index = key.partition("[")
-            flag = {**FLAG_OF_KEY, **(flag_of_key or {})}.get(base)
-            if flag is None:
-                problems.append(problem)
-                continue
-            value = overrides[base]
-            if index and isinstance(value, list):
-                value = value[int(index.rstrip("]"))]
-            shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
-            problems.append(f"{flag} {shown}: {message}")
-        raise ConfigError(problems, source="command line") from None
+        raise name_flags(exc, overrides, flag_of_key) from None
 
 
 def load(config_path: Path | None, **flags: Any) -> Config:
@@ -269,6 +290,7 @@ def sync(
         report = run_async(
             lambda: SyncRun(config, dry_run=dry_run, progress=reporter, lock_wait_s=wait_s).run(),
             before_message=reporter.close,
+            overrides=build_overrides(**flags),
         )
     finally:
         reporter.close()
@@ -286,12 +308,14 @@ def plural(count: int, word: str) -> str:
 
 def human_size(size_bytes: int) -> str:
     """``1.5 MiB``: sizes for people (reports and --log-format json keep exact bytes)."""
-    size = float(size_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
+    if size_bytes < 1024:
+        return f"{size_bytes} B"
+    size = size_bytes / 1024
+    for unit in ("KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
-            return f"{size_bytes} B" if unit == "B" else f"{size:.1f} {unit}"
+            break
         size /= 1024
-    raise AssertionError("unreachable")
+    return f"{size:.1f} {unit}"
 
 
 def print_plan(report: RunReport) -> None:
@@ -675,6 +699,14 @@ def fetch_command(
                     config, progress=reporter, lock_wait_s=wait_s, command="fetch"
                 ).run(),
                 before_message=reporter.close,
+                overrides={
+                    key: list(value)
+                    for key, value in (
+                        ("select.platforms", platforms),
+                        ("select.components", components),
+                    )
+                    if value
+                },
             )
         finally:
             reporter.close()

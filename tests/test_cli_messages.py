@@ -45,12 +45,16 @@ async def test_a_bad_flag_is_named_as_typed(env: Env) -> None:
     )
     assert result.exit_code == 2
     line = result.stderr.strip().splitlines()[0]
-    assert "--platform linux-amd64: 'linux-amd64' is not 'os/arch'" in line
-    assert "--concurrency 0: must be between 1 and 256" in line
-    assert str(env.config_path) not in line and "select.platforms" not in line
+    assert "--platform linux-amd64 (select.platforms[0]): 'linux-amd64' is not 'os/arch'" in line
+    assert "--concurrency 0 (upstream.concurrency): must be between 1 and 256" in line
+    assert str(env.config_path) not in line
+    typo = await env.cli("sync", "--config", str(env.config_path), "--component", "kubctl")
+    assert typo.exit_code == 2
+    assert "--component (select.components): 'kubctl' matches no file" in typo.stderr
+    assert str(env.config_path) not in typo.stderr
     fetch = await env.cli("fetch", "v1.2", "--output", str(env.tmp / "out"))
     assert fetch.exit_code == 2
-    assert "VERSION v1.2: 'v1.2' is neither a version" in fetch.stderr
+    assert "VERSION v1.2 (select.versions[0]): 'v1.2' is neither a version" in fetch.stderr
     assert not (env.tmp / "out").exists()
 
 
