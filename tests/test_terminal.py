@@ -79,9 +79,10 @@ async def test_bars_logs_and_interruption_in_a_real_terminal(env: Env) -> None:
         assert re.search(r"bytes: +\d+%\|.*\| *[\d.]+k?/[\d.]+k", bytes_bar), bytes_bar
 
         await tmux.run("send-keys", "-t", "demo", "C-c")
-        await tmux.wait_for(
-            lambda ls: any(line.startswith("Pane is dead") for line in ls), limit_s=30
-        )
+        for _ in range(300):  # until the program has exited (pane_dead), at most 30 s
+            if (await tmux.run("display-message", "-p", "-t", "demo", "#{pane_dead}")) == "1\n":
+                break
+            await asyncio.sleep(0.1)
         status = await tmux.run("display-message", "-p", "-t", "demo", "#{pane_dead_status}")
         assert status.strip() == "130"
         final = [line for line in await tmux.screen() if not line.startswith("Pane is dead")]
