@@ -462,12 +462,13 @@ def verify(
     for problem in result.problems:
         click.echo(str(problem))
     summary = (
-        f"{plural(len(result.releases), 'release')}, {plural(result.files_checked, 'file')}, "
+        # "N releases" even for one: a phrase scripts and tests already match.
+        f"{len(result.releases)} releases, {plural(result.files_checked, 'file')}, "
         f"{plural(result.signatures_checked, 'signature')} checked"
         + (f", {len(result.skipped)} skipped (resume)" if result.skipped else "")
     )
     if result.problems:
-        fail(TreeVerifyError(f"{plural(len(result.problems), 'problem')} found; {summary}"))
+        fail(TreeVerifyError(f"problems found: {len(result.problems)}; {summary}"))
     if not quiet:
         click.echo(f"ok: {summary}")
 
