@@ -10,10 +10,12 @@ import ipaddress
 import json
 import socket
 import ssl
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from cryptography import x509
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mirror.upstream import connect_cause
 from tests.conftest import Env
 from tests.fakes.dlserver import FakeDl
 
@@ -266,3 +269,26 @@ async def test_an_offline_trust_root_refresh_is_one_warning(env: Env, proxy: Con
     assert any("sigstore" in target for target in proxy.refused), proxy.refused
     assert result.stderr.count("could not refresh the Sigstore trust root") == 1
     assert "Retrying" not in result.stderr and "urllib3" not in result.stderr
+
+
+async def test_a_proxy_that_is_no_url_is_a_config_error(env: Env) -> None:
+    env.write_config(upstream={"proxy": "proxy.example:3128"})
+    result = await env.cli("sync", "--config", str(env.config_path))
+    assert result.exit_code == 2
+    assert "upstream.proxy: must be an http(s) URL, got 'proxy.example:3128'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("os_error", "cause"),
+    [
+        (socket.gaierror(-2, "Name or service not known"), "DNS lookup failed"),
+        (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
+        (TimeoutError(110, "Connection timed out"), "connection timed out"),
+        (OSError(113, "No route to host"), "No route to host"),
+    ],
+)
+def test_connection_failures_are_told_by_cause(os_error: OSError, cause: str) -> None:
+    """The causes a user acts on differently, from the exceptions aiohttp raises for them."""
+    key = types.SimpleNamespace(host="dl.k8s.io", port=443, ssl=True)
+    exc = aiohttp.ClientConnectorError(key, os_error)  # type: ignore[arg-type]
+    assert connect_cause(exc).startswith(cause)
