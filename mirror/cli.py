@@ -158,7 +158,8 @@ def name_flags(
     error: ConfigError, overrides: dict[str, Any], flag_of_key: dict[str, str] | None = None
 ) -> ConfigError:
     """``error`` with each problem about a key that came from a flag named as typed
-    (``--platform linux-amd64: ...``), not as a key of a config file it is not in."""
+    (``--platform linux-amd64 (select.platforms[0]): ...``), not as a key of a config file it
+    is not in."""
     flags = {**FLAG_OF_KEY, **(flag_of_key or {})}
     problems = []
     for problem in error.problems:
