@@ -83,7 +83,9 @@ def wait_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., 
 
 
 def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("-v", "--verbose", count=True, help="More log output.")(func)
+    func = click.option(
+        "-v", "--verbose", count=True, help="Debug lines; -vv also libraries' warnings."
+    )(func)
     func = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")(func)
     func = click.option(
         "--log-format",
