@@ -37,6 +37,10 @@ class UpstreamConfig:
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     max_file_size_bytes: int = 4 * 1024**3
+    proxy: str | None = None
+    """HTTP(S) proxy URL for every request; None: the HTTPS_PROXY/HTTP_PROXY/NO_PROXY variables."""
+    ca_file: Path | None = None
+    """PEM file of extra CAs (a TLS-intercepting proxy's), trusted besides the system's."""
 
 
 @dataclass(frozen=True)
@@ -256,7 +260,18 @@ class _Validator:
             max_file_size_bytes=self._int(
                 t, "upstream.max_file_size_bytes", d.max_file_size_bytes, 1, 1 << 40
             ),
+            proxy=self._url(t, "upstream.proxy", "") if "proxy" in t else None,
+            ca_file=self._existing_file(t, "upstream.ca_file"),
         )
+
+    def _existing_file(self, table: Mapping[str, Any], key: str) -> Path | None:
+        if key.rsplit(".", 1)[-1] not in table:
+            return None
+        path = self._path(self._str(table, key, ""))
+        if not path.is_file():
+            self.problem(key, f"{str(path)!r} is not a readable file")
+            return None
+        return path
 
     def _tree(self, raw: Mapping[str, Any]) -> TreeConfig:
         d = TreeConfig()
