@@ -210,9 +210,7 @@ async def _fetch_sums(
     for sums_name in catalog.SUMS_FILES:
         base = f"release/{version}/{sums_name}"
         try:
-            body = await fetcher.bytes(
-                fetcher.upstream.release_url(base), max_bytes=SUMS_MAX_BYTES
-            )
+            body = await fetcher.bytes(fetcher.upstream.release_url(base), max_bytes=SUMS_MAX_BYTES)
         except HTTPStatusError as exc:
             if exc.status == 404 and sums_name == catalog.SUMS_FILES[0]:
                 raise ReleaseNotFoundError(version, fetcher.upstream.config.url) from None
