@@ -13,6 +13,7 @@ waiting in staging) or to fetch.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ from mirror import catalog
 from mirror.binding import ReleaseSbom
 from mirror.catalog import PlannedFile, RelPath, Selection, Version
 from mirror.check import BindingPolicy, check_signing_policy
-from mirror.digest import digest_bytes
+from mirror.digest import digest_bytes, digest_file
 from mirror.errors import (
     ConfigError,
     DigestMismatchError,
@@ -35,6 +36,7 @@ from mirror.sbom import RELEASE_SBOM
 from mirror.store import Store
 from mirror.verify import CERT_MAX_BYTES, SIG_MAX_BYTES
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 InThread = Callable[..., Awaitable[Any]]
 
@@ -288,7 +290,7 @@ def plan_release(
         index.version, store.release_in_tree(name), manifest, files, index.sums_files
     )
     for planned in files:
-        if store.present(manifest, planned.relpath):
+        if _present(store, manifest, planned):
             record = manifest.files[planned.relpath]
             if record.sha256 != planned.sha256:
                 raise IntegrityError(
@@ -298,10 +300,47 @@ def plan_release(
                 )
             plan.present.append(planned)
         elif records := staged_records(planned, staged, lambda p: store.present(manifest, p)):
-            plan.staged.update(records)
+            if (problem := _staged_problem(store, planned, records)) is None:
+                plan.staged.update(records)
+            else:
+                log.warning("%s: staged copy discarded, fetched again: %s", name, problem)
+                store.discard_staged(name, records)
+                plan.to_fetch.append(planned)
         else:
             plan.to_fetch.append(planned)
     return plan
+
+
+def _present(store: Store, manifest: Manifest, planned: PlannedFile) -> bool:
+    """The primary and every companion are in the manifest and on disk: a manifest that lost
+    a companion's record makes the file fetched (and its record written) again."""
+    paths = (planned.relpath, *companions(planned.relpath, signed=planned.signed))
+    return all(store.present(manifest, p) for p in paths)
+
+
+def _staged_problem(
+    store: Store, planned: PlannedFile, records: dict[str, FileRecord]
+) -> str | None:
+    """(worker thread) Re-hash what an earlier run staged: the journal says what was verified
+    then, not what is on disk now. The primary must match both SUMS digests, its digest
+    sidecars must hold those digests, and every other companion its journaled sha256."""
+    version = planned.version
+    for rel, record in records.items():
+        path = store.staged_path(version, RelPath(rel))
+        try:
+            digests = digest_file(path, sha512=rel == planned.relpath)
+        except OSError as exc:
+            return f"{rel}: unreadable: {exc.strerror}"
+        if rel == planned.relpath:
+            if (digests.sha256, digests.sha512) != (planned.sha256, planned.sha512):
+                return f"{rel}: does not match SHA256SUMS/SHA512SUMS any more"
+        elif rel in (planned.relpath + ".sha256", planned.relpath + ".sha512"):
+            expected = planned.sha256 if rel.endswith(".sha256") else planned.sha512
+            if digest_bytes(expected.encode(), sha512=False).sha256 != digests.sha256:
+                return f"{rel}: does not hold the SUMS digest"
+        elif digests.sha256 != record.sha256 or digests.size_bytes != record.size:
+            return f"{rel}: changed since it was verified"
+    return None
 
 
 def staged_records(
