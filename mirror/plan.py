@@ -32,7 +32,7 @@ from mirror.errors import (
 from mirror.fetch import Fetcher
 from mirror.manifest import FileRecord, Manifest, companions, sums_files
 from mirror.report import Failure
-from mirror.sbom import RELEASE_SBOM
+from mirror.sbom import RELEASE_SBOM, SBOM_KINDS, SBOM_MAX_BYTES
 from mirror.store import Store
 from mirror.verify import CERT_MAX_BYTES, SIG_MAX_BYTES
 
@@ -41,6 +41,10 @@ T = TypeVar("T")
 InThread = Callable[..., Awaitable[Any]]
 
 SUMS_MAX_BYTES = 2 << 20
+DOCKER_TAG_MAX_BYTES = 4 << 10
+KNOWN_SIZE_FACTOR = 4
+KNOWN_SIZE_RELEASES = 4
+KNOWN_SIZE_SLACK_BYTES = 16 << 20
 SIDECAR_MAX_BYTES = 256
 MARKER_MAX_BYTES = 64
 UNSIGNED_HINT = (
@@ -85,6 +89,8 @@ class ReleasePlan:
     """The release's verified SBOM, once the run has it (release binding)."""
     to_fetch: list[PlannedFile] = field(default_factory=list)
     failed: int = 0
+    known_sizes: dict[str, int] = field(default_factory=dict)
+    """Sizes the same paths have in the tree's other releases (for ``size_cap``)."""
 
     @property
     def name(self) -> str:
@@ -99,6 +105,18 @@ class ReleasePlan:
             if f.relpath not in present
         )
         return added + (0 if self.in_tree else len(sums_files()))
+
+    def size_cap(self, planned: PlannedFile) -> int | None:
+        """The most bytes a body of ``planned`` may plausibly have, or None for no bound
+        beyond ``upstream.max_file_size_bytes``: SUMS bind content, not size, so an endless
+        body would otherwise be read to that cap. A kind with a fixed bound has it; a path the
+        tree holds in another release may grow to a small multiple of its size there."""
+        if planned.relpath.endswith(".docker_tag"):
+            return DOCKER_TAG_MAX_BYTES
+        if planned.relpath in SBOM_KINDS:
+            return SBOM_MAX_BYTES
+        known = self.known_sizes.get(planned.relpath)
+        return None if known is None else KNOWN_SIZE_FACTOR * known + KNOWN_SIZE_SLACK_BYTES
 
     def keep_paths(self) -> list[str]:
         """Every path of the release this selection keeps (for prune)."""
@@ -289,6 +307,7 @@ def plan_release(
     plan = ReleasePlan(
         index.version, store.release_in_tree(name), manifest, files, index.sums_files
     )
+    plan.known_sizes = _known_sizes(store, name)
     for planned in files:
         if _present(store, manifest, planned):
             record = manifest.files[planned.relpath]
@@ -309,6 +328,22 @@ def plan_release(
         else:
             plan.to_fetch.append(planned)
     return plan
+
+
+def _known_sizes(store: Store, version: str) -> dict[str, int]:
+    """The largest size each path has in the tree's other releases (unreadable manifests are
+    skipped: this only bounds a body, it never admits one). The newest few are enough, and
+    keep a no-change run of a large tree from reading every manifest once per release."""
+    sizes: dict[str, int] = {}
+    others = [v for v in store.versions_in_tree() if v != version and catalog.is_version(v)]
+    for other in sorted(others, key=Version.parse)[-KNOWN_SIZE_RELEASES:]:
+        try:
+            manifest = store.load_manifest(other)
+        except MirrorError:
+            continue
+        for rel, record in manifest.files.items():
+            sizes[rel] = max(sizes.get(rel, 0), record.size)
+    return sizes
 
 
 def _present(store: Store, manifest: Manifest, planned: PlannedFile) -> bool:

@@ -351,6 +351,7 @@ class SyncRun:
         already in the tree) promote it. Returns its size."""
         name = str(planned.tree_path)
         part = self.store.partial_path(release.name, planned.relpath)
+        await self._in_thread(self.store.ensure_dir, part.parent)
         companions = await fetch_companions(fetcher, planned)
         downloaded = await fetcher.download(
             fetcher.upstream.release_url(name),
@@ -358,6 +359,7 @@ class SyncRun:
             sha256=planned.sha256,
             sha512=planned.sha512,
             on_bytes=self.progress.file_bytes(name),
+            max_bytes=release.size_cap(planned),
         )
         digests = Digests(downloaded.size_bytes, downloaded.sha256, downloaded.sha512)
         try:
