@@ -152,13 +152,14 @@ def _write_status(store: Store, data: bytes) -> None:
             raise
         first = exc
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(target, os.O_RDWR | os.O_NOFOLLOW)
         with open(fd, "r+b") as handle:
             handle.truncate(0)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
     except OSError:
+        # No earlier status to overwrite, or not even its block is free: nothing to do.
         raise first from None
 
 
