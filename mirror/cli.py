@@ -264,6 +264,7 @@ def status(root: Path | None, config_path: Path | None, as_json: bool) -> None:
             "files": len(manifest.files),
             "bytes": sum(r.size for r in manifest.files.values()),
             "signed": sum(1 for r in manifest.files.values() if r.check == "sigstore"),
+            "binding": manifest.binding_summary(),
         }
     markers = store.markers()
     data = {"root": str(root), "releases": releases, "markers": markers, "status": state}
@@ -274,7 +275,7 @@ def status(root: Path | None, config_path: Path | None, as_json: bool) -> None:
     for version, info in releases.items():
         click.echo(
             f"  release/{version}: {info['files']} files, {info['bytes']} bytes, "
-            f"{info['signed']} signature-verified"
+            f"{info['signed']} signature-verified, binding: {info['binding']}"
         )
     for marker, version in markers.items():
         click.echo(f"  marker {marker} -> {version}")

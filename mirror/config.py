@@ -65,6 +65,8 @@ class IdentityConfig:
 @dataclass(frozen=True)
 class VerifyConfig:
     rekor_url: str = "https://rekor.sigstore.dev"
+    """Where to look up the log entry of a file published with ``.sig``/``.cert`` only; ``""``
+    for none (a mirror inside the air gap, syncing from a mirror that serves bundles)."""
     trusted_root: str = "production"
     """``production`` (Sigstore public-good via TUF) or the path of a trusted_root.json."""
     identities: tuple[IdentityConfig, ...] = (IdentityConfig(DEFAULT_IDENTITY, DEFAULT_ISSUER),)
@@ -297,7 +299,9 @@ class _Validator:
             self.problem("verify.release_binding", f"must be one of {', '.join(BINDING_MODES)}")
             binding = d.release_binding
         return VerifyConfig(
-            rekor_url=self._url(t, "verify.rekor_url", d.rekor_url),
+            rekor_url=(
+                "" if t.get("rekor_url") == "" else self._url(t, "verify.rekor_url", d.rekor_url)
+            ),
             trusted_root=trusted_root,
             identities=self._identities(t, d.identities),
             unsigned_releases=unsigned,

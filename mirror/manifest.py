@@ -37,6 +37,13 @@ def companions(relpath: RelPath, *, signed: bool) -> tuple[RelPath, ...]:
     return tuple(relpath.child(s) for s in suffixes)
 
 
+def required_companions(relpath: RelPath, *, signed: bool) -> tuple[RelPath, ...]:
+    """The companions a primary cannot be accepted without: both digest sidecars and, if
+    signed, the bundle (``.sig``/``.cert`` are kept when upstream publishes them)."""
+    suffixes: tuple[str, ...] = catalog.SIDECAR_DIGESTS + ((BUNDLE_SUFFIX,) if signed else ())
+    return tuple(relpath.child(s) for s in suffixes)
+
+
 def sums_files() -> tuple[RelPath, ...]:
     """The SUMS files and their digest sidecars, kept with every release."""
     return tuple(
@@ -95,6 +102,9 @@ class FileRecord:
     log_index: int | None = None
     binding: str | None = None
     """For a primary: the rule that bound it to its release (see ``binding.py``), or ``off``."""
+    bundle: str | None = None
+    """For a signed primary: ``upstream`` (published as ``.sigstore.json``, stored as is) or
+    ``assembled`` (built from the Rekor entry of its ``.sig``/``.cert``)."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -116,7 +126,7 @@ class FileRecord:
         check = data.get("check", "digest")
         if check not in RECORD_CHECKS:
             raise StateFormatError(f"{source}: check: {check!r} is not one of {RECORD_CHECKS}")
-        for key in ("identity", "binding"):
+        for key in ("identity", "binding", "bundle"):
             if data.get(key) is not None:
                 typed(data[key], str, f"{source}: {key}")
         if data.get("log_index") is not None:
@@ -167,6 +177,17 @@ class Manifest:
                 hint="run k8s-mirror verify; to rebuild it, move the file aside and sync again "
                 "(every file of the release is then fetched and verified anew)",
             ) from None
+
+    def binding_summary(self) -> str:
+        """How the release's primary files are bound to it: ``sbom`` (every one, by the rules
+        of ``binding.py``), ``unbound`` (release binding was off) or ``unknown`` (mirrored
+        before k8s-mirror recorded bindings)."""
+        rules = {r.binding for r in self.files.values() if r.check in ("sigstore", "checksums")}
+        if "off" in rules:
+            return "unbound"
+        if None in rules or not rules:
+            return "unknown"
+        return "sbom"
 
     def merged(self, records: Mapping[str, FileRecord]) -> Manifest:
         """A copy with ``records`` added (a manifest only ever grows by promotion)."""

@@ -22,6 +22,7 @@ from mirror import catalog
 from mirror.binding import ReleaseSbom
 from mirror.catalog import PlannedFile, RelPath, Selection, Version
 from mirror.check import BindingPolicy, check_signing_policy
+from mirror.companion import SignatureForm
 from mirror.digest import digest_bytes, digest_file
 from mirror.errors import (
     ConfigError,
@@ -30,11 +31,10 @@ from mirror.errors import (
     MirrorError,
 )
 from mirror.fetch import Fetcher
-from mirror.manifest import FileRecord, Manifest, companions, sums_files
+from mirror.manifest import FileRecord, Manifest, companions, required_companions, sums_files
 from mirror.report import Failure
 from mirror.sbom import RELEASE_SBOM, SBOM_KINDS, SBOM_MAX_BYTES
 from mirror.store import Store
-from mirror.verify import CERT_MAX_BYTES, SIG_MAX_BYTES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,6 +87,8 @@ class ReleasePlan:
     staged: dict[str, FileRecord] = field(default_factory=dict)
     evidence: ReleaseSbom | None = None
     """The release's verified SBOM, once the run has it (release binding)."""
+    form: SignatureForm | None = None
+    """How upstream publishes this release's signatures, once the first file told."""
     to_fetch: list[PlannedFile] = field(default_factory=list)
     failed: int = 0
     known_sizes: dict[str, int] = field(default_factory=dict)
@@ -238,31 +240,6 @@ async def _fetch_sums(
     return texts, files
 
 
-async def fetch_companions(fetcher: Fetcher, planned: PlannedFile) -> dict[RelPath, bytes]:
-    """A planned file's upstream companions: digest sidecars (checked against SUMS now,
-    before the download) and, for signed kinds, the signature pair."""
-    out: dict[RelPath, bytes] = {}
-    for sidecar in planned.sidecars:
-        url = fetcher.upstream.release_url(f"release/{planned.version}/{sidecar}")
-        suffix = sidecar[len(planned.relpath) :]
-        limit = {".sig": SIG_MAX_BYTES, ".cert": CERT_MAX_BYTES}.get(suffix, SIDECAR_MAX_BYTES)
-        body = await fetcher.bytes(url, max_bytes=limit)
-        if suffix in catalog.SIDECAR_DIGESTS:
-            algo = suffix[1:]
-            try:
-                text = body.decode("ascii")
-            except UnicodeDecodeError:
-                text = ""
-            digest = catalog.parse_sidecar(text, algo, f"release/{planned.version}/{sidecar}")
-            if digest != getattr(planned, algo):
-                raise DigestMismatchError(
-                    f"release/{planned.version}/{sidecar}: disagrees with "
-                    f"{algo.upper()}SUMS for {planned.relpath}"
-                )
-        out[sidecar] = body
-    return out
-
-
 def _ascii(body: bytes, source: str) -> str:
     try:
         return body.decode("ascii")
@@ -349,7 +326,7 @@ def _known_sizes(store: Store, version: str) -> dict[str, int]:
 def _present(store: Store, manifest: Manifest, planned: PlannedFile) -> bool:
     """The primary and every companion are in the manifest and on disk: a manifest that lost
     a companion's record makes the file fetched (and its record written) again."""
-    paths = (planned.relpath, *companions(planned.relpath, signed=planned.signed))
+    paths = (planned.relpath, *required_companions(planned.relpath, signed=planned.signed))
     return all(store.present(manifest, p) for p in paths)
 
 
@@ -385,12 +362,13 @@ def staged_records(
     staged or already promoted (a run killed half way through promoting one file leaves some
     companions in the tree); empty if it is not usable."""
     record = staged.get(planned.relpath)
-    needed = companions(planned.relpath, signed=planned.signed)
+    needed = required_companions(planned.relpath, signed=planned.signed)
     if record is None or record.sha256 != planned.sha256:
         return {}
     if not all(p in staged or in_tree(p) for p in needed):
         return {}
-    return {p: staged[p] for p in (*needed, planned.relpath) if p in staged}
+    every = companions(planned.relpath, signed=planned.signed)
+    return {p: staged[p] for p in (*every, planned.relpath) if p in staged}
 
 
 async def dry_run_summary(plan: Plan, fetcher: Fetcher) -> dict[str, dict[str, Any]]:

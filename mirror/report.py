@@ -50,11 +50,13 @@ class Failure:
     reason: str
     release: str | None = None
     """The release the path belongs to, if any (its completeness depends on this)."""
+    hint: str | None = None
+    """What the user can do about it, when the error knows."""
 
     @classmethod
     def of(cls, exc: BaseException, path: str, release: str | None = None) -> Failure:
         if isinstance(exc, MirrorError):
-            return cls(path, exc.kind, str(exc), release)
+            return cls(path, exc.kind, str(exc), release, exc.hint)
         return cls(path, "internal", f"unexpected {exc!r}", release)
 
 

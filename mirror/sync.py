@@ -19,6 +19,7 @@ Imports neither click nor tqdm: the CLI hands in a ``Progress`` and gets a ``Run
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -33,6 +34,7 @@ from mirror.audit import read_small
 from mirror.binding import ReleaseSbom, image_repo_tags
 from mirror.catalog import PlannedFile, RelPath, Selection
 from mirror.check import Binder, BindingPolicy, CheckResult, check_primary, raise_first
+from mirror.companion import SignatureForm, fetch_companions
 from mirror.config import Config
 from mirror.digest import Digests, digest_bytes
 from mirror.errors import (
@@ -43,10 +45,11 @@ from mirror.errors import (
     LockHeldError,
     MirrorError,
     PruneGuardError,
+    UpstreamError,
 )
 from mirror.fetch import Fetcher, discard_partial
 from mirror.layout import BUNDLE_SUFFIX
-from mirror.manifest import FileRecord, Manifest
+from mirror.manifest import FileRecord, Manifest, required_companions
 from mirror.outcome import conclude, incomplete_releases
 from mirror.plan import (
     Offer,
@@ -54,7 +57,6 @@ from mirror.plan import (
     ReleasePlan,
     determine,
     dry_run_summary,
-    fetch_companions,
     plan_release,
     staged_records,
 )
@@ -111,6 +113,7 @@ class SyncRun:
         self.executor = ThreadPoolExecutor(
             max_workers=max(2, config.upstream.concurrency), thread_name_prefix="k8s-mirror"
         )
+        self.bundles: BundleChecker | None = None
         self.rekor: RekorChecker | None = None
         self.plan: Plan | None = None
         self.binding = BindingPolicy(config.verify.release_binding, config.verify.unbound_allowed)
@@ -197,7 +200,7 @@ class SyncRun:
         await self._in_thread(self.store.sweep)
         self.plan = await self._plan(offer)
         if self.plan.needs_signatures:
-            await self._prepare_rekor(fetcher)
+            await self._prepare_signatures(fetcher)
         await self._fetch_and_promote(fetcher)
         await self._move_markers()
         if not self.report.failures:
@@ -242,15 +245,16 @@ class SyncRun:
             except PruneGuardError as exc:
                 self._record_error(exc.exit_code, str(exc))
 
-    async def _prepare_rekor(self, fetcher: Fetcher) -> None:
+    async def _prepare_signatures(self, fetcher: Fetcher) -> None:
+        """The bundle checker (built once per run) and, when a Rekor URL is configured, the
+        lookup that assembles bundles for files published with ``.sig``/``.cert`` only."""
         verify = self.config.verify
         trust_root = await self._in_thread(load_trust_root, verify.trusted_root)
-        self.rekor = RekorChecker(
-            BundleChecker(trust_root, verify.identities),
-            rekor_url=verify.rekor_url,
-            fetcher=fetcher,
-            executor=self.executor,
-        )
+        self.bundles = BundleChecker(trust_root, verify.identities)
+        if verify.rekor_url:
+            self.rekor = RekorChecker(
+                self.bundles, rekor_url=verify.rekor_url, fetcher=fetcher, executor=self.executor
+            )
         # The tree carries the trust root its bundles were verified against, before any
         # bundle that needs it becomes visible.
         await self._in_thread(self.store.write_trust_root, trust_root.json_text.encode())
@@ -264,8 +268,13 @@ class SyncRun:
             if release.staged:
                 await self._adopt_staged(release)
         for release in self.plan.releases:
+            release.form = _known_form(release.manifest)
             if self.binding.applies(release.name):
                 await self._obtain_sbom(fetcher, release)
+            elif first := next((f for f in release.to_fetch if f.signed), None):
+                # Learn how the release publishes its signatures from one file, first.
+                release.to_fetch.remove(first)
+                await self._file_job(fetcher, release, first)
         jobs = [
             self._file_job(fetcher, release, planned)
             for release in self.plan.releases
@@ -352,7 +361,8 @@ class SyncRun:
         name = str(planned.tree_path)
         part = self.store.partial_path(release.name, planned.relpath)
         await self._in_thread(self.store.ensure_dir, part.parent)
-        companions = await fetch_companions(fetcher, planned)
+        companions, form = await fetch_companions(fetcher, planned, release.form)
+        release.form = release.form or form
         downloaded = await fetcher.download(
             fetcher.upstream.release_url(name),
             part,
@@ -362,17 +372,16 @@ class SyncRun:
             max_bytes=release.size_cap(planned),
         )
         digests = Digests(downloaded.size_bytes, downloaded.sha256, downloaded.sha512)
+        bundle_path = planned.relpath.child(BUNDLE_SUFFIX)
+        assembled = planned.signed and bundle_path not in companions
         try:
-            if planned.signed:
-                assert self.rekor is not None
-                bundle = await self.rekor.lookup(
-                    name,
-                    downloaded.sha256,
-                    companions[planned.relpath.child(".sig")],
-                    companions[planned.relpath.child(".cert")],
-                )
-                companions[planned.relpath.child(BUNDLE_SUFFIX)] = bundle.encode()
+            if assembled:
+                companions[bundle_path] = await self._assemble_bundle(planned, digests, companions)
             record = await self._in_thread(self._check, release, planned, digests, companions, part)
+            if planned.signed:
+                record = dataclasses.replace(
+                    record, bundle="assembled" if assembled else "upstream"
+                )
         except IntegrityError:
             # Never usable. (A Rekor outage or an interruption keeps the verified download
             # for the next run.)
@@ -384,6 +393,25 @@ class SyncRun:
         if release.in_tree:
             await self._add_to_tree(release, records)
         return digests.size_bytes
+
+    async def _assemble_bundle(
+        self, planned: PlannedFile, digests: Digests, companions: dict[RelPath, bytes]
+    ) -> bytes:
+        """Upstream published no bundle: build one from the Rekor entry of ``.sig``/``.cert``."""
+        name = str(planned.tree_path)
+        if self.rekor is None:
+            raise UpstreamError(
+                f"{name}: upstream publishes no Sigstore bundle for it and verify.rekor_url is "
+                "unset, so its .sig/.cert cannot be checked against the transparency log",
+                hint="set [verify] rekor_url, or sync from a mirror that serves bundles",
+            )
+        bundle = await self.rekor.lookup(
+            name,
+            digests.sha256,
+            companions[planned.relpath.child(".sig")],
+            companions[planned.relpath.child(".cert")],
+        )
+        return bundle.encode()
 
     def _check(
         self,
@@ -408,8 +436,9 @@ class SyncRun:
 
         binder = Binder(self.binding, release.evidence, lambda rel: lambda: image_repo_tags(part))
         result = CheckResult()
-        bundles = self.rekor.bundles if self.rekor is not None else None
-        check_primary(release.name, planned.relpath, digests, index, read, bundles, binder, result)
+        check_primary(
+            release.name, planned.relpath, digests, index, read, self.bundles, binder, result
+        )
         raise_first(result)
         for warning in result.warnings:
             log.warning("%s", warning)
@@ -462,7 +491,10 @@ class SyncRun:
             await self._in_thread(self.store.stage_bytes, name, relpath, data)
             staged[relpath] = _companion_record(data)
         missing = [
-            str(p) for f in release.files for p in (f.relpath, *f.sidecars) if p not in staged
+            str(p)
+            for f in release.files
+            for p in (f.relpath, *required_companions(f.relpath, signed=f.signed))
+            if p not in staged
         ]
         if missing:
             # Should not happen: every selected file either failed (counted) or was staged.
@@ -522,7 +554,11 @@ class SyncRun:
         """Every failure is logged once, here, and counted."""
         self.report.failures.append(failure)
         self.report.files_failed += 1
-        log.error("%s: %s", failure.path, failure.reason)
+        # Most reasons already start with the path they concern.
+        line = failure.reason
+        if not line.startswith(failure.path):
+            line = f"{failure.path}: {line}"
+        log.error("%s%s", line, f" (hint: {failure.hint})" if failure.hint else "")
 
     def _conclude(self) -> None:
         """Decide the run's outcome and exit code from what happened."""
@@ -545,6 +581,17 @@ class SyncRun:
     async def _in_thread(self, func: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, func, *args)
+
+
+def _known_form(manifest: Manifest) -> SignatureForm | None:
+    """How a release in the tree was published, from what its manifest records (None: no
+    signed file recorded with its origin yet)."""
+    bundle = any(r.bundle == "upstream" for r in manifest.files.values())
+    detached = any(p.endswith(".sig") for p in manifest.files)
+    assembled = any(r.bundle == "assembled" for r in manifest.files.values())
+    if not (bundle or assembled):
+        return None
+    return SignatureForm(bundle=bundle, detached=detached)
 
 
 def _companion_record(data: bytes) -> FileRecord:

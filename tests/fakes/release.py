@@ -24,7 +24,7 @@ import re
 import tarfile
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -431,6 +431,31 @@ class UpstreamTree:
             self._sign(release, relpath, signer=signer)
         if update_sbom if update_sbom is not None else (resign and signer is None):
             self.republish_sbom(release.version)
+
+    def publish_bundles(
+        self,
+        version: str,
+        bundle_of: Callable[[Any], bytes],
+        *,
+        detached: bool = True,
+        only: Callable[[str], bool] = lambda relpath: True,
+    ) -> list[str]:
+        """Publish ``<file>.sigstore.json`` for the signed files of a release, as cosign v3
+        does: ``bundle_of(signed)`` builds it from what signed the file (the fake Sigstore
+        stack's ``published_bundle``). ``detached=False`` removes the ``.sig``/``.cert``.
+        ``only`` picks the files (a release published half one way). Returns their paths."""
+        release = self.releases[version]
+        done = []
+        for relpath in release.primary:
+            path = release.path(relpath)
+            if path not in self.signatures or not only(relpath):
+                continue
+            self.put(f"{path}.sigstore.json", bundle_of(self.signatures[path]))
+            if not detached:
+                self.remove(f"{path}.sig")
+                self.remove(f"{path}.cert")
+            done.append(path)
+        return done
 
     def republish_sbom(self, version: str) -> None:
         """Regenerate the release SBOM from the release's current files, as upstream would
