@@ -36,7 +36,7 @@ from mirror.errors import (
     TransientError,
 )
 from mirror.statefile import StateFormatError, read_json_file
-from mirror.upstream import Upstream, raise_for_status, sleep_s
+from mirror.upstream import Upstream, raise_for_status, salvage_buffered, sleep_s
 
 CHUNK_BYTES = 1 << 20
 SMALL_BODY_MAX_BYTES = 4 << 20
@@ -352,6 +352,17 @@ class Fetcher:
                 pending = loop.run_in_executor(self.executor, writer.write, chunk)
                 if on_bytes is not None:
                     on_bytes(len(chunk))
+        except TransientError:
+            raise
+        except Exception:
+            # A cut body: keep what arrived before the cut (a small file's whole first
+            # attempt may still sit in the client's buffer), so the next attempt resumes.
+            rest = salvage_buffered(response.content)
+            if rest and received + len(rest) <= limit:
+                if pending is not None:
+                    await asyncio.shield(pending)
+                pending = loop.run_in_executor(self.executor, writer.write, rest)
+            raise
         finally:
             if pending is not None:
                 await asyncio.shield(pending)

@@ -116,3 +116,16 @@ async def test_a_server_that_speaks_no_http(env: Env, mode: str) -> None:
     assert code == 4, stderr
     assert raw.connections >= 1
     assert not env.root.exists() or env.listing() == []
+
+
+async def test_bytes_received_before_a_cut_are_kept_for_resume(env: Env) -> None:
+    # A small file's half body and the close arrive together: the client has the bytes in
+    # its buffer when the cut is reported, and the next attempt must resume after them.
+    env.write_config(upstream=FAST)
+    env.dl.faults.add(KUBECTL, "truncate")
+    code, stderr = await sync(env)
+    assert code == 0, stderr
+    first, second = env.dl.requests(KUBECTL)
+    half = len(env.tree.files[KUBECTL]) // 2
+    assert first.range is None
+    assert (second.range, second.status) == (f"bytes={half}-", 206)
