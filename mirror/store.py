@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import shutil
 import stat
@@ -44,17 +43,15 @@ from mirror.catalog import (
     marker_path,
     marker_series_problem,
 )
-from mirror.errors import LocalStoreError, LockHeldError, MirrorError
+from mirror.errors import LocalStoreError, LockHeldError
+from mirror.journal import append_journal, read_journal
 from mirror.layout import RELEASE_DIR_NAME, TRUST_ROOT_RELPATH, state_dir
 from mirror.manifest import FileRecord, Manifest, promotion_order
-from mirror.statefile import StateFormatError, parse_json
 
 __all__ = ["FileRecord", "Manifest", "MarkerMoves", "Store", "fsync_dir", "write_atomic"]
 
 MARKER_MAX_BYTES = 64
 TRUST_ROOT_MAX_BYTES = 16 << 20
-JOURNAL_MAX_BYTES = 64 << 20
-JOURNAL_LINE_MAX_BYTES = 64 << 10
 
 
 @dataclass
@@ -279,59 +276,18 @@ class Store:
         return self.staging / f"{version}.journal"
 
     def load_journal(self, version: str) -> dict[str, FileRecord]:
-        """Staged and verified files of ``version`` that are still on disk at their size.
-
-        The journal is untrusted input: a line cut off by a crash, bytes that are not UTF-8,
-        a record of the wrong shape are skipped (the file is then fetched again), never fatal.
-        A record only says what an earlier run verified: ``plan.plan_release`` re-hashes the
-        staged file before it is promoted.
-        """
-        path = self.journal_path(version)
-        records: dict[str, FileRecord] = {}
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            with open(fd, "rb") as handle:
-                data = handle.read(JOURNAL_MAX_BYTES)
-        except FileNotFoundError:
-            return records
-        except OSError as exc:
-            raise LocalStoreError(f"{path}: {exc.strerror}") from exc
-        for line in data.split(b"\n"):
-            try:
-                entry = parse_json(line, str(path), max_bytes=JOURNAL_LINE_MAX_BYTES, max_depth=3)
-                if not isinstance(entry, dict):
-                    continue
-                records[RelPath(entry["path"])] = FileRecord.from_json(entry["record"])
-            except (StateFormatError, MirrorError, KeyError, TypeError):
-                continue
+        """Staged and verified files of ``version`` that are still on disk at their size
+        (see ``journal.py``: damaged lines are skipped, never fatal)."""
         return {
             p: r
-            for p, r in records.items()
+            for p, r in read_journal(self.journal_path(version)).items()
             if _size_or_none(self.staged_path(version, RelPath(p))) == r.size
         }
 
     def journal(self, version: str, records: dict[str, FileRecord]) -> None:
         """Append staged records durably (called once the files themselves are fsynced)."""
-        path = self.journal_path(version)
         self.ensure_dir(self.staging)
-        lines = "".join(
-            json.dumps({"path": p, "record": r.to_json()}) + "\n" for p, r in records.items()
-        )
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
-            with open(fd, "r+b") as handle:
-                size = os.fstat(fd).st_size
-                if size:
-                    # A crash may have cut the last line: end it, or this record would be
-                    # glued to the garbage and lost.
-                    handle.seek(size - 1)
-                    if handle.read(1) != b"\n":
-                        lines = "\n" + lines
-                handle.write(lines.encode())
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            raise LocalStoreError(f"{path}: cannot write: {exc.strerror}") from exc
+        append_journal(self.journal_path(version), records)
 
     def discard_staged(self, version: str, paths: Iterable[str]) -> None:
         """Forget staged files that failed their re-check (the journal keeps stale lines;
