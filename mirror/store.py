@@ -17,6 +17,8 @@ Invariants kept here:
 - Staged, verified files are journaled (``staging/<version>.journal``) so an interrupted run's
   work is reused by the next one.
 - Markers are plain files written by atomic rename.
+- Every directory written through is first proven a real directory inside the root, one
+  component at a time (``ensure_dir``): a planted symlink never leads a write outside.
 - One writer: ``lock`` is an exclusive ``flock`` on ``.k8s-mirror/lock``; the kernel drops it when
   the process dies, so a killed run never leaves a stale lock.
 """
