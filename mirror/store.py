@@ -125,13 +125,13 @@ class Store:
         areas = (self.root / RELEASE_DIR_NAME, self.staging, self.partial)
         for path in (*areas, self.manifests, self.reports, self.tmp):
             self.ensure_dir(path)
-        for path in (self.trust_root_path.parent,):
-            if os.path.lexists(path):
-                self.ensure_dir(path)
+        if os.path.lexists(self.trust_root_path.parent):
+            self.ensure_dir(self.trust_root_path.parent)
         for area in areas:
-            for entry in os.scandir(area):
-                if entry.is_symlink():
-                    raise _symlink_error(Path(entry.path))
+            with os.scandir(area) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        raise _symlink_error(Path(entry.path))
 
     def ensure_dir(self, path: Path) -> Path:
         """Prove ``path`` a real directory inside the root, creating what is missing.
