@@ -20,8 +20,15 @@ import click
 from mirror import __version__
 from mirror.check import BindingPolicy
 from mirror.config import Config, VerifyConfig, load_config
-from mirror.errors import EXIT_INTERRUPTED, ConfigError, MirrorError, TreeVerifyError
-from mirror.progress import BarProgress, LogProgress, setup_logging
+from mirror.errors import (
+    EXIT_INTERRUPTED,
+    ConfigError,
+    MirrorError,
+    TreeVerifyError,
+    UpstreamError,
+)
+from mirror.layout import STATE_DIR_NAME
+from mirror.progress import BarProgress, LogProgress, pipe_safe_stdout, setup_logging
 from mirror.report import RunReport, read_status
 from mirror.store import Store
 
@@ -36,8 +43,17 @@ def fail(exc: MirrorError) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
-def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine; SIGTERM and Ctrl-C cancel it cleanly (partials stay for resume)."""
+def run_async(
+    make: Callable[[], Coroutine[Any, Any, T]],
+    *,
+    before_message: Callable[[], None] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> T:
+    """Run a coroutine; SIGTERM and Ctrl-C cancel it cleanly (partials stay for resume).
+
+    ``before_message`` (taking progress bars down) runs before an interruption or error is
+    printed, so that the message is the last thing on the terminal; with ``overrides``, a
+    config error about a key that came from a flag names the flag."""
 
     async def guarded() -> T:
         task = asyncio.current_task()
@@ -50,9 +66,15 @@ def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(guarded())
     except asyncio.CancelledError:
+        if before_message is not None:
+            before_message()
         click.echo("k8s-mirror: interrupted; the next run resumes", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except MirrorError as exc:
+        if before_message is not None:
+            before_message()
+        if isinstance(exc, ConfigError) and overrides:
+            exc = name_flags(exc, overrides)
         fail(exc)
 
 
@@ -62,7 +84,9 @@ def wait_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., 
 
 
 def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("-v", "--verbose", count=True, help="More log output.")(func)
+    func = click.option(
+        "-v", "--verbose", count=True, help="Debug lines; -vv also libraries' warnings."
+    )(func)
     func = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")(func)
     func = click.option(
         "--log-format",
@@ -121,9 +145,61 @@ def build_overrides(**flags: Any) -> dict[str, Any]:
     return overrides
 
 
-def load(config_path: Path | None, **flags: Any) -> Config:
+FLAG_OF_KEY = {
+    "tree.root": "--root",
+    "select.versions": "--version",
+    "select.platforms": "--platform",
+    "select.components": "--component",
+    "upstream.concurrency": "--concurrency",
+    "upstream.url": "--upstream-url",
+    "verify.rekor_url": "--rekor-url",
+    "verify.trusted_root": "--trusted-root",
+}
+
+
+def name_flags(
+    error: ConfigError, overrides: dict[str, Any], flag_of_key: dict[str, str] | None = None
+) -> ConfigError:
+    """``error`` with each problem about a key that came from a flag named as typed
+    (``--platform linux-amd64 (select.platforms[0]): ...``), not as a key of a config file it
+    is not in."""
+    flags = {**FLAG_OF_KEY, **(flag_of_key or {})}
+    problems = []
+    for problem in error.problems:
+        key, _, message = problem.partition(": ")
+        base, _, index = key.partition("[")
+        if base not in overrides or base not in flags:
+            problems.append(problem)
+            continue
+        value = overrides[base]
+        # The key stays in brackets: it is what mirror.toml would call the same setting.
+        if index and isinstance(value, list):
+            typed = f"{flags[base]} {value[int(index.rstrip(']'))]}"
+        elif isinstance(value, list):
+            typed = flags[base]  # the message quotes the value
+        else:
+            typed = f"{flags[base]} {value}"
+        problems.append(f"{typed} ({key}): {message}")
+    if problems == error.problems:
+        return error
+    named = ConfigError(problems, source="command line")
+    named.hint = error.hint
+    return named
+
+
+def check_flags(overrides: dict[str, Any], flag_of_key: dict[str, str] | None = None) -> None:
+    """Validate the flags on their own first, so that a bad one is reported by its name."""
     try:
-        return load_config(config_path, build_overrides(**flags))
+        load_config(None, overrides)
+    except ConfigError as exc:
+        raise name_flags(exc, overrides, flag_of_key) from None
+
+
+def load(config_path: Path | None, **flags: Any) -> Config:
+    overrides = build_overrides(**flags)
+    try:
+        check_flags(overrides)
+        return load_config(config_path, overrides)
     except ConfigError as exc:
         fail(exc)
 
@@ -143,9 +219,12 @@ def tree_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="Take tree.root (unless --root) and verify.identities from this config "
         "(default: ./mirror.toml if it exists).",
     )(func)
-    return click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None)(
-        func
-    )
+    return click.option(
+        "--root",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="The mirror tree (default: tree.root of the config).",
+    )(func)
 
 
 def tree_config(root: Path | None, config_path: Path | None) -> Config:
@@ -157,10 +236,131 @@ def tree_config(root: Path | None, config_path: Path | None) -> Config:
     return load(config_path)
 
 
+def s3_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """How to reach an S3-compatible store (credentials come from the AWS chain only)."""
+    options = [
+        click.option(
+            "--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS)."
+        ),
+        click.option("--region", help="Region (default: from the AWS config chain)."),
+        click.option(
+            "--path-style", is_flag=True, default=None, help="Path-style bucket addressing."
+        ),
+        click.option("--profile", help="AWS profile from the shared config files."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def publish_settings(config: Config, to: str | None, flags: dict[str, Any]) -> list[Any]:
+    """The targets of a command: ``--to`` (with the settings of the [[publish]] entry of the
+    same URL, if any) or every configured one; flags override either."""
+    from dataclasses import replace
+
+    from mirror.config import PublishConfig
+    from mirror.publish.target import target_problem
+
+    if to is not None:
+        if (why := target_problem(to)) is not None:
+            fail(ConfigError(why, source="--to"))
+        known = {t.to.rstrip("/"): t for t in config.publish}
+        targets = [known.get(to.rstrip("/"), PublishConfig(to=to))]
+    else:
+        targets = list(config.publish)
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if "endpoint_url" in overrides:
+        url = overrides["endpoint_url"]
+        if not str(url).startswith(("http://", "https://")):
+            fail(ConfigError(f"{url!r} is not an http(s) URL", source="--endpoint-url"))
+    return [replace(t, **overrides) for t in targets]
+
+
+def _part_size_bytes(text: str) -> int:
+    import re
+
+    match = re.fullmatch(r"(\d+)([KMG]?)", text.strip().upper())
+    size = int(match[1]) << (10 * " KMG".index(match[2] or " ")) if match else 0
+    if not 5 * 1024**2 <= size <= 5 * 1024**3:
+        fail(ConfigError(f"{text!r} is not a size from 5M to 5G", source="--part-size"))
+    return size
+
+
+def verify_remote_command(
+    root: Path, config: Config, remote: str, deep: bool, quiet: bool, flags: dict[str, Any]
+) -> None:
+    from mirror.publish.audit import verify_remote
+
+    (settings,) = publish_settings(config, remote, flags)
+    audit = run_async(lambda: verify_remote(root, settings, deep=deep))
+    for problem in audit.problems:
+        click.echo(problem)
+    how = "re-hashed" if deep else "checked by size and stored digest"
+    summary = f"{audit.target}: {audit.objects_checked} objects {how}"
+    if audit.problems:
+        fail(TreeVerifyError(f"{len(audit.problems)} problems found; {summary}"))
+    if not quiet:
+        click.echo(f"ok: {summary}")
+
+
+def run_publish(
+    root: Path,
+    config: Config,
+    targets: list[Any],
+    *,
+    repair: bool = False,
+    prune: bool = False,
+    lock_wait_s: float = 0.0,
+    quiet: bool = False,
+) -> None:
+    """Publish to each target in turn; the first failure ends the command with its code."""
+    from mirror.publish.run import publish
+
+    for settings in targets:
+        result = run_async(
+            lambda s=settings: publish(  # type: ignore[misc]
+                root, s, repair=repair, prune=prune, guard=config.tree, lock_wait_s=lock_wait_s
+            )
+        )
+        if quiet:
+            continue
+        parts = [
+            f"published {result.target}: uploaded {result.files_uploaded} files "
+            f"({result.bytes_uploaded} bytes), {result.files_unchanged} unchanged, "
+            f"{result.files_reused} already there"
+        ]
+        if result.repaired:
+            parts.append(f"repaired {len(result.repaired)}")
+        if result.releases_committed:
+            parts.append(f"committed {', '.join(result.releases_committed)}")
+        if result.markers_written:
+            parts.append(
+                "markers " + ", ".join(f"{m} -> {v}" for m, v in result.markers_written.items())
+            )
+        if result.pruned is not None:
+            parts.append(f"pruned {result.pruned.deleted} objects")
+        click.echo("; ".join(parts) + f" ({result.duration_s:.1f}s)")
+
+
+def require_tree(root: Path, source: str) -> None:
+    """``status`` and ``verify`` read an existing tree: a path that is none is a usage error
+    (exit 2), not an empty tree ("last success: never") or an unwritable one."""
+    if not root.exists():
+        problem = f"{root}: does not exist"
+    elif not (root / "release").is_dir() and not (root / STATE_DIR_NAME).is_dir():
+        problem = f"{root}: not a k8s-mirror tree (no release/ or {STATE_DIR_NAME}/ in it)"
+    else:
+        return
+    error = ConfigError(problem, source=source)
+    error.hint = "give a mirror tree's root with --root, or its mirror.toml with --config"
+    fail(error)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="k8s-mirror")
 def main() -> None:
     """Mirror Kubernetes releases from dl.k8s.io into a verified local tree."""
+    pipe_safe_stdout()
 
 
 @main.command()
@@ -202,7 +402,9 @@ def sync(
     reporter = BarProgress() if show_bars and not quiet and not dry_run else LogProgress()
     try:
         report = run_async(
-            lambda: SyncRun(config, dry_run=dry_run, progress=reporter, lock_wait_s=wait_s).run()
+            lambda: SyncRun(config, dry_run=dry_run, progress=reporter, lock_wait_s=wait_s).run(),
+            before_message=reporter.close,
+            overrides=build_overrides(**flags),
         )
     finally:
         reporter.close()
@@ -210,7 +412,27 @@ def sync(
         print_plan(report)
     else:
         print_summary(report, quiet=quiet)
+    if not dry_run and report.exit_code == 0 and config.publish:
+        # Only a fully successful run is published; a failed one leaves the bucket as it was.
+        run_publish(config.tree.root, config, list(config.publish), lock_wait_s=wait_s, quiet=quiet)
     sys.exit(report.exit_code or 0)
+
+
+def plural(count: int, word: str) -> str:
+    """``1 file``, ``2 files``: every count a user reads goes through here."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def human_size(size_bytes: int) -> str:
+    """``1.5 MiB``: sizes for people (reports and --log-format json keep exact bytes)."""
+    if size_bytes < 1024:
+        return f"{size_bytes} B"
+    size = size_bytes / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            break
+        size /= 1024
+    return f"{size:.1f} {unit}"
 
 
 def print_plan(report: RunReport) -> None:
@@ -219,9 +441,10 @@ def print_plan(report: RunReport) -> None:
     for version, info in sorted(report.versions.items()):
         state = "in tree" if info.get("in_tree") else "new"
         click.echo(
-            f"release/{version} ({state}): {info['files']} selected, {info['present']} present "
-            f"({info['present_bytes']} bytes), {info['staged']} staged, "
-            f"{len(info['to_fetch'])} to fetch ({info['fetch_bytes']} bytes)"
+            f"release/{version} ({state}): {info['files']} selected, "
+            f"{info['present']} present ({human_size(info['present_bytes'])}), "
+            f"{info['staged']} staged, {len(info['to_fetch'])} to fetch "
+            f"({info['fetch_bytes']} bytes), {human_size(info['fetch_bytes'])} to download"
         )
         for path in info["to_fetch"]:
             click.echo(f"  fetch {path}")
@@ -233,15 +456,30 @@ def print_plan(report: RunReport) -> None:
         click.echo(f"k8s-mirror: error: {report.error}", err=True)
 
 
+def unreachable_hint(report: RunReport) -> str:
+    """What to do when upstream could not be reached at all (exit 4)."""
+    from mirror.upstream import TLSCertificateError
+
+    if any("TLS certificate not trusted" in f.reason for f in report.failures):
+        return str(TLSCertificateError.hint)
+    return (
+        "check the network and the proxy settings (HTTPS_PROXY/NO_PROXY or upstream.proxy), "
+        "or point --upstream-url / upstream.url at a reachable mirror"
+    )
+
+
 def print_summary(report: RunReport, *, quiet: bool) -> None:
     line = (
-        f"{report.outcome}: fetched {report.files_fetched} files ({report.bytes_fetched} bytes), "
+        f"{report.outcome}: fetched {plural(report.files_fetched, 'file')} "
+        f"({human_size(report.bytes_fetched)}), "
         f"reused {report.files_reused}, present {report.files_present}, "
         f"failed {report.files_failed} in {report.duration_s:.1f}s"
     )
     if report.exit_code:
         # Each failure was already logged once as it happened; this is the verdict.
         click.echo(f"k8s-mirror: error: {line}", err=True)
+        if report.exit_code == UpstreamError.exit_code:
+            click.echo(f"k8s-mirror: hint: {unreachable_hint(report)}", err=True)
     elif not quiet:
         click.echo(line)
 
@@ -251,10 +489,12 @@ def print_summary(report: RunReport, *, quiet: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(root: Path | None, config_path: Path | None, as_json: bool) -> None:
     """Summarise the tree and the last runs."""
+    source = "--root" if root is not None else "tree.root"
     root = root or tree_config(root, config_path).tree.root
+    require_tree(root, source)
     store = Store(root)
     state = read_status(store)
-    releases = {}
+    releases: dict[str, dict[str, Any]] = {}
     for version in store.versions_in_tree():
         try:
             manifest = store.load_manifest(version)
@@ -274,7 +514,7 @@ def status(root: Path | None, config_path: Path | None, as_json: bool) -> None:
     click.echo(f"tree: {root}")
     for version, info in releases.items():
         click.echo(
-            f"  release/{version}: {info['files']} files, {info['bytes']} bytes, "
+            f"  release/{version}: {plural(info['files'], 'file')}, {human_size(info['bytes'])}, "
             f"{info['signed']} signature-verified, binding: {info['binding']}"
         )
     for marker, version in markers.items():
@@ -297,6 +537,13 @@ def status(root: Path | None, config_path: Path | None, as_json: bool) -> None:
     help="Verify bundles against this trusted_root.json instead of the tree's own.",
 )
 @click.option("--resume", is_flag=True, help="Skip releases an interrupted audit already passed.")
+@click.option(
+    "--remote",
+    metavar="s3://BUCKET/PREFIX",
+    help="Instead, check that this bucket holds exactly the tree: missing, extra, differing.",
+)
+@click.option("--deep", is_flag=True, help="With --remote: read back and re-hash every object.")
+@s3_options
 @logging_options
 def verify(
     root: Path | None,
@@ -304,22 +551,38 @@ def verify(
     releases: tuple[str, ...],
     trusted_root: Path | None,
     resume: bool,
+    remote: str | None,
+    deep: bool,
     verbose: int,
     quiet: bool,
     log_format: str,
+    **s3_flags: Any,
 ) -> None:
-    """Re-verify the tree offline: digests, sidecars, SUMS, bundles, markers."""
+    """Re-verify the tree offline: digests, sidecars, SUMS, bundles, markers.
+
+    With --remote, compare a published bucket with the tree instead (size and stored digest
+    of every object; --deep re-reads them)."""
     from mirror.audit import TreeAudit
 
     setup_logging(verbose=verbose, quiet=quiet, fmt=log_format)
     config = tree_config(root, config_path)
+    if remote is not None:
+        verify_remote_command(root or config.tree.root, config, remote, deep, quiet, s3_flags)
+        return
+    if deep or any(v not in (None, False) for v in s3_flags.values()):
+        raise click.UsageError(
+            "--deep, --endpoint-url, --region, --path-style and --profile need --remote"
+        )
+    require_tree(root or config.tree.root, "--root" if root is not None else "tree.root")
     audit = TreeAudit(
         root or config.tree.root,
         config.verify.identities,
         trusted_root=trusted_root,
         releases=releases,
         resume=resume,
-        on_release=lambda v, n: log.info("release/%s: %s", v, "ok" if not n else f"{n} problems"),
+        on_release=lambda v, n: log.info(
+            "release/%s: %s", v, "ok" if not n else plural(n, "problem")
+        ),
         binding=binding_policy(config.verify),
     )
     try:
@@ -329,35 +592,168 @@ def verify(
     for problem in result.problems:
         click.echo(str(problem))
     summary = (
-        f"{len(result.releases)} releases, {result.files_checked} files, "
-        f"{result.signatures_checked} signatures checked"
+        # "N releases" even for one: a phrase scripts and tests already match.
+        f"{len(result.releases)} releases, {plural(result.files_checked, 'file')}, "
+        f"{plural(result.signatures_checked, 'signature')} checked"
         + (f", {len(result.skipped)} skipped (resume)" if result.skipped else "")
     )
     for warning in result.warnings:
         log.warning("%s", warning)
     if result.problems:
-        fail(TreeVerifyError(f"{len(result.problems)} problems found; {summary}"))
+        fail(TreeVerifyError(f"problems found: {len(result.problems)}; {summary}"))
     if not quiet:
         click.echo(f"ok: {summary}")
 
 
+@main.command("publish")
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="The verified tree to publish (default: tree.root of the config).",
+)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Take tree.root (unless --root), the [[publish]] targets and the prune guard from "
+    "this config (default: ./mirror.toml if it exists).",
+)
+@click.option(
+    "--to",
+    metavar="s3://BUCKET/PREFIX",
+    help="Target (default: every [[publish]] target of the config).",
+)
+@s3_options
+@click.option("--repair", is_flag=True, help="Re-check every object; replace any that differs.")
+@click.option(
+    "--prune", is_flag=True, help="Also delete what the tree no longer has (mass-delete guard)."
+)
+@click.option("--concurrency", type=click.IntRange(1, 64), help="Parallel uploads.")
+@click.option(
+    "--part-size",
+    help="Multipart part size (K, M, G are powers of 1024; 5M to 5G; default 16M).",
+)
+@wait_option("Wait up to SECONDS for the tree's lock.")
+@logging_options
+def publish_command(
+    root: Path | None,
+    config_path: Path | None,
+    to: str | None,
+    repair: bool,
+    prune: bool,
+    concurrency: int | None,
+    part_size: str | None,
+    wait_s: float,
+    verbose: int,
+    quiet: bool,
+    log_format: str,
+    **s3_flags: Any,
+) -> None:
+    """Upload the verified tree to S3-compatible object storage (markers last)."""
+    setup_logging(verbose=verbose, quiet=quiet, fmt=log_format)
+    config = tree_config(root, config_path)
+    flags = dict(s3_flags, concurrency=concurrency)
+    if part_size is not None:
+        flags["part_size_bytes"] = _part_size_bytes(part_size)
+    targets = publish_settings(config, to, flags)
+    if not targets:
+        fail(
+            ConfigError("give --to s3://BUCKET/PREFIX or add a [[publish]] table", source="publish")
+        )
+    run_publish(
+        root or config.tree.root,
+        config,
+        targets,
+        repair=repair,
+        prune=prune,
+        lock_wait_s=wait_s,
+        quiet=quiet,
+    )
+
+
 @main.command()
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False), required=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The mirror tree to serve (its tree.root).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port to listen on (0: any free port; the log names it).",
+)
+@click.option(
+    "--prefix",
+    default="",
+    metavar="PATH",
+    help="Serve the tree below this URL path only, e.g. /dl.k8s.io for kubespray's files_repo.",
+)
 @click.option("--index/--no-index", default=False, help="Simple directory index pages.")
 @logging_options
 def serve(
-    root: Path, host: str, port: int, index: bool, verbose: int, quiet: bool, log_format: str
+    root: Path,
+    host: str,
+    port: int,
+    prefix: str,
+    index: bool,
+    verbose: int,
+    quiet: bool,
+    log_format: str,
 ) -> None:
     """Serve the tree read-only over HTTP (GET/HEAD, Range, ETag)."""
+    from mirror.serve import parse_prefix
     from mirror.serve import serve as serve_tree
 
     setup_logging(verbose=verbose, quiet=quiet, fmt=log_format)
+    if prefix:
+        try:
+            parse_prefix(prefix)
+        except ValueError as exc:
+            fail(ConfigError(str(exc), source="--prefix"))
     try:
-        serve_tree(root, host=host, port=port, index_pages=index)
+        serve_tree(root, host=host, port=port, index_pages=index, prefix=prefix)
     except ValueError as exc:
         fail(ConfigError(str(exc), source="--root"))
+    except MirrorError as exc:
+        fail(exc)
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default="k8s-mirror-demo",
+    show_default=True,
+    help="Directory for everything the demo writes (new, empty, or an earlier demo's).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65534),
+    default=0,
+    help="Port of the dl.k8s.io look-alike; the Rekor look-alike takes the next one "
+    "(default: any free ports).",
+)
+@click.option(
+    "--keep-serving", is_flag=True, help="Keep the look-alikes up afterwards, until Ctrl-C."
+)
+def demo(directory: Path, port: int, keep_serving: bool) -> None:
+    """LOCAL DEMONSTRATION with no network: sync a generated, signed release from look-alikes
+    of dl.k8s.io and Rekor on 127.0.0.1, then verify it. Its throwaway trust root must never
+    be used for real data."""
+    from mirror.demo.runner import run_demo
+
+    code = run_async(
+        lambda: run_demo(directory, port=port, keep_serving=keep_serving, say=click.echo)
+    )
+    sys.exit(code)
 
 
 # --- air-gap workflows (issue 5): fetch, export, import -------------------------------------
@@ -410,6 +806,7 @@ def _fetch_config(
         }
     )
     try:
+        check_flags(overrides, {"select.versions": "VERSION", "tree.root": "--output"})
         config = load_config(config_path, overrides)
     except ConfigError as exc:
         fail(exc)
@@ -502,7 +899,16 @@ def fetch_command(
             report = run_async(
                 lambda: SyncRun(
                     config, progress=reporter, lock_wait_s=wait_s, command="fetch"
-                ).run()
+                ).run(),
+                before_message=reporter.close,
+                overrides={
+                    key: list(value)
+                    for key, value in (
+                        ("select.platforms", platforms),
+                        ("select.components", components),
+                    )
+                    if value
+                },
             )
         finally:
             reporter.close()
@@ -531,8 +937,9 @@ def fetch_command(
         fail(exc)
     if not quiet:
         click.echo(
-            f"wrote {archive} ({result.stream_bytes} bytes): {result.files} files, "
-            f"release(s) {', '.join(result.releases) or 'none'}"
+            f"wrote {archive} ({human_size(result.stream_bytes)}): {plural(result.files, 'file')}, "
+            f"{'release' if len(result.releases) == 1 else 'releases'} "
+            f"{', '.join(result.releases) or 'none'}"
         )
 
 
@@ -541,18 +948,23 @@ def _echo_export(result: Any, quiet: bool) -> None:
         return
     kind = "incremental transfer set" if result.incremental else "transfer set"
     click.echo(
-        f"wrote {kind} {result.output}: {len(result.parts)} part(s), "
-        f"{result.stream_bytes} bytes, {result.files} files"
+        f"wrote {kind} {result.output}: {plural(len(result.parts), 'part')}, "
+        f"{human_size(result.stream_bytes)}, {plural(result.files, 'file')}"
     )
     for version, (carried, required) in result.releases.items():
         needs = f", needs {required} already at the target" if required else ""
-        click.echo(f"  release/{version}: {carried} files{needs}")
+        click.echo(f"  release/{version}: {plural(carried, 'file')}{needs}")
     for marker, version in result.markers.items():
         click.echo(f"  marker {marker} -> {version}")
 
 
 @main.command("export")
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The mirror tree to export from.",
+)
 @click.option(
     "-o",
     "--output",
@@ -606,12 +1018,18 @@ def export_command(
 
 @main.command("import")
 @click.argument("source", type=click.Path(path_type=Path, exists=True))
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The mirror tree to import into (created if missing).",
+)
 @click.option(
     "--trusted-root",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="Verify bundles against this trusted_root.json (default: the tree's own; for a first "
-    "import into an empty tree, the one the set carries).",
+    help="Verify bundles against this trusted_root.json, which is then written into ROOT "
+    "(default: ROOT's own; a first import into an empty tree accepts the set's only if it is "
+    "the Sigstore public-good root, otherwise it stops and asks for this option).",
 )
 @click.option(
     "-c",
@@ -659,7 +1077,9 @@ def import_command(
     if not result.changed:
         click.echo(f"nothing to import: {root} already has everything {source} carries")
         return
-    parts = [f"imported {result.files_imported} files ({result.bytes_imported} bytes)"]
+    parts = [
+        f"imported {plural(result.files_imported, 'file')} ({human_size(result.bytes_imported)})"
+    ]
     if result.new_releases:
         parts.append(f"new: {', '.join(result.new_releases)}")
     if result.updated_releases:

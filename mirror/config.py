@@ -17,11 +17,14 @@ from urllib.parse import urlsplit
 
 from mirror.catalog import is_marker, is_version, platform_problem, valid_component_name
 from mirror.errors import ConfigError
+from mirror.publish.target import target_problem
 
 DEFAULT_IDENTITY = "krel-staging@k8s-releng-prod.iam.gserviceaccount.com"
 DEFAULT_ISSUER = "https://accounts.google.com"
 BINDING_MODES = ("sbom", "off")
 UNSIGNED_POLICIES = ("refuse", "checksums-only")
+CHECKSUM_MODES = ("auto", "sha256", "md5")
+MIB = 1024**2
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,10 @@ class UpstreamConfig:
     min_rate_window_s: float = 30.0
     file_timeout_s: float = 0.0
     """Longest one attempt at one file may take (0: no limit beyond the rate)."""
+    proxy: str | None = None
+    """HTTP(S) proxy URL for every request; None: the HTTPS_PROXY/HTTP_PROXY/NO_PROXY variables."""
+    ca_file: Path | None = None
+    """PEM file of extra CAs (a TLS-intercepting proxy's), trusted besides the system's."""
 
 
 @dataclass(frozen=True)
@@ -87,12 +94,38 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class PublishConfig:
+    """One ``[[publish]]`` target: where the verified tree is uploaded after a good sync.
+
+    Credentials are never configured here: they come from the standard AWS chain
+    (environment, ``profile`` in the shared config files, instance or container role)."""
+
+    to: str
+    """``s3://BUCKET/PREFIX``."""
+    endpoint_url: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    profile: str | None = None
+    prune: bool = False
+    concurrency: int = 8
+    part_size_bytes: int = 16 * MIB
+    checksum: str = "auto"
+    """``auto`` (probe the target), ``sha256`` (x-amz-checksum-sha256) or ``md5`` (Content-MD5)."""
+    retries: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     tree: TreeConfig = field(default_factory=TreeConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    publish: tuple[PublishConfig, ...] = ()
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -140,7 +173,7 @@ class _Validator:
         return value
 
     def build(self, raw: Mapping[str, Any]) -> Config:
-        sections = {"upstream", "tree", "select", "verify", "report"}
+        sections = {"upstream", "tree", "select", "verify", "report", "publish"}
         for key in sorted(set(raw) - sections):
             self.problem(key, "unknown section")
         config = Config(
@@ -149,6 +182,7 @@ class _Validator:
             select=self._select(raw),
             verify=self._verify(raw),
             report=self._report(raw),
+            publish=self._publish_targets(raw),
         )
         if self.problems:
             raise ConfigError(self.problems, source=self.source)
@@ -238,7 +272,18 @@ class _Validator:
                 t, "upstream.min_rate_window_s", d.min_rate_window_s, 0.1, 3600
             ),
             file_timeout_s=self._float(t, "upstream.file_timeout_s", d.file_timeout_s, 0, 86400),
+            proxy=self._url(t, "upstream.proxy", "") if "proxy" in t else None,
+            ca_file=self._existing_file(t, "upstream.ca_file"),
         )
+
+    def _existing_file(self, table: Mapping[str, Any], key: str) -> Path | None:
+        if key.rsplit(".", 1)[-1] not in table:
+            return None
+        path = self._path(self._str(table, key, ""))
+        if not path.is_file():
+            self.problem(key, f"{str(path)!r} is not a readable file")
+            return None
+        return path
 
     def _tree(self, raw: Mapping[str, Any]) -> TreeConfig:
         d = TreeConfig()
@@ -358,4 +403,63 @@ class _Validator:
         return ReportConfig(
             metrics_file=metrics_path,
             keep_reports=self._int(t, "report.keep_reports", d.keep_reports, 1, 100000),
+        )
+
+    def _publish_targets(self, raw: Mapping[str, Any]) -> tuple[PublishConfig, ...]:
+        value = raw.get("publish", [])
+        if not isinstance(value, list):
+            self.problem("publish", "must be an array of tables ([[publish]])")
+            return ()
+        targets = []
+        for i, item in enumerate(value):
+            key = f"publish[{i}]"
+            if not isinstance(item, dict):
+                self.problem(key, "must be a table with at least 'to'")
+                continue
+            if (target := self._publish(item, key)) is not None:
+                targets.append(target)
+        seen: set[str] = set()
+        for i, target in enumerate(targets):
+            if target.to in seen:
+                self.problem(f"publish[{i}].to", f"{target.to} is listed twice")
+            seen.add(target.to)
+        return tuple(targets)
+
+    def _publish(self, t: Mapping[str, Any], key: str) -> PublishConfig | None:
+        for extra in sorted(set(t) - set(PublishConfig.__dataclass_fields__)):
+            self.problem(f"{key}.{extra}", "unknown key")
+        to = t.get("to")
+        if not isinstance(to, str) or not to:
+            self.problem(f"{key}.to", "must be an s3://BUCKET/PREFIX URL")
+            return None
+        if (why := target_problem(to)) is not None:
+            self.problem(f"{key}.to", why)
+            return None
+        d = PublishConfig(to=to)
+        checksum = self._str(t, f"{key}.checksum", d.checksum)
+        if checksum not in CHECKSUM_MODES:
+            self.problem(f"{key}.checksum", f"must be one of {', '.join(CHECKSUM_MODES)}")
+            checksum = d.checksum
+        return PublishConfig(
+            to=to,
+            endpoint_url=(self._url(t, f"{key}.endpoint_url", "") or None)
+            if "endpoint_url" in t
+            else None,
+            region=(self._str(t, f"{key}.region", "") or None) if "region" in t else None,
+            path_style=self._bool(t, f"{key}.path_style", d.path_style),
+            profile=(self._str(t, f"{key}.profile", "") or None) if "profile" in t else None,
+            prune=self._bool(t, f"{key}.prune", d.prune),
+            concurrency=self._int(t, f"{key}.concurrency", d.concurrency, 1, 64),
+            # S3 refuses multipart parts under 5 MiB (but the last) and over 5 GiB.
+            part_size_bytes=self._int(
+                t, f"{key}.part_size_bytes", d.part_size_bytes, 5 * MIB, 5 * 1024 * MIB
+            ),
+            checksum=checksum,
+            retries=self._int(t, f"{key}.retries", d.retries, 0, 50),
+            backoff_base_s=self._float(t, f"{key}.backoff_base_s", d.backoff_base_s, 0, 60),
+            backoff_max_s=self._float(t, f"{key}.backoff_max_s", d.backoff_max_s, 0, 3600),
+            connect_timeout_s=self._float(
+                t, f"{key}.connect_timeout_s", d.connect_timeout_s, 0.1, 600
+            ),
+            read_timeout_s=self._float(t, f"{key}.read_timeout_s", d.read_timeout_s, 0.1, 3600),
         )

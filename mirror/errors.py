@@ -2,8 +2,8 @@
 
 Everything the tool can fail with is a ``MirrorError``; only ``cli.py`` catches it and turns it
 into a one-line message and the exit code below. Third-party exceptions (aiohttp, sigstore,
-OSError from the disk) are translated where they enter: ``upstream.py``, ``verify/``,
-``store.py``.
+OSError from the disk, botocore) are translated where they enter: ``upstream.py``,
+``verify/``, ``store.py``, ``publish/client.py``.
 
     MirrorError                      1  (unexpected; never raised directly)
     ├── ConfigError                  2  mirror.toml or a flag is wrong
@@ -21,7 +21,14 @@ OSError from the disk) are translated where they enter: ``upstream.py``, ``verif
     │   └── TreeVerifyError             ``k8s-mirror verify`` found problems in the tree
     ├── PartialSyncError             6  some releases completed, some files failed upstream
     ├── LocalStoreError              7  the local tree cannot be written (disk full, permissions)
-    └── PruneGuardError              8  pruning would delete more than the configured guard allows
+    ├── PruneGuardError              8  pruning would delete more than the configured guard allows
+    ├── PublishError                 9  the object store is unreachable or failing (after retries)
+    │   ├── PublishDeniedError      10  the object store refused the credentials or the access
+    │   ├── BucketMissingError      11  the target bucket does not exist
+    │   └── RemoteConflictError     12  an object in the bucket differs from the verified local
+    │                                   file; it was not overwritten (``--repair`` does)
+    ├── ReleaseNotFoundError        13  a selected version does not exist upstream (SUMS is 404)
+    └── PortInUseError              14  ``serve``/``demo`` cannot listen: the address is taken
 
 Interrupted runs (Ctrl-C, SIGTERM) exit 130 and are recorded as failed.
 
@@ -148,6 +155,61 @@ class PruneGuardError(MirrorError):
 
     exit_code = 8
     kind = "prune-guard"
+
+
+class PublishError(MirrorError):
+    """Publishing to object storage failed: endpoint unreachable, 5xx/slow-down after retries,
+    or a request the store rejected. No marker was written."""
+
+    exit_code = 9
+    kind = "publish"
+
+
+class PublishDeniedError(PublishError):
+    """The object store refused the credentials (or found none) or denied the access."""
+
+    exit_code = 10
+
+
+class BucketMissingError(PublishError):
+    """The bucket named by the publish target does not exist."""
+
+    exit_code = 11
+
+
+class RemoteConflictError(PublishError):
+    """An object in the bucket differs from the verified local file and was not overwritten."""
+
+    exit_code = 12
+
+
+class ReleaseNotFoundError(MirrorError):
+    """Upstream has no release of that version: its SHA256SUMS answered 404."""
+
+    exit_code = 13
+    kind = "config"
+
+    def __init__(self, version: str, upstream_url: str) -> None:
+        self.version = version
+        super().__init__(
+            f"release {version} not found upstream ({upstream_url})",
+            hint=f"check the version ({upstream_url}/release/stable.txt names the current "
+            "stable one) or --upstream-url / upstream.url",
+        )
+
+
+class PortInUseError(MirrorError):
+    """A server cannot listen on its address because something else already does."""
+
+    exit_code = 14
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(
+            f"cannot listen on {host}:{port}: the address is already in use",
+            hint="stop what listens there or pick another --port",
+        )
 
 
 EXIT_INTERRUPTED = 130

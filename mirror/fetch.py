@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import re
 import time
@@ -44,6 +45,7 @@ SMALL_BODY_MAX_BYTES = 4 << 20
 
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
+log = logging.getLogger(__name__)
 ProgressFn = Callable[[int], None]
 T = TypeVar("T")
 
@@ -166,7 +168,9 @@ class Fetcher:
         if attempt > self.policy.retries:
             raise exc
         self.retries_done += 1
-        await sleep_s(self.policy.delay_s(attempt, exc.retry_after_s, self.rng))
+        delay_s = self.policy.delay_s(attempt, exc.retry_after_s, self.rng)
+        log.info("retry %d/%d in %.1fs: %s", attempt, self.policy.retries, delay_s, exc)
+        await sleep_s(delay_s)
 
     async def _retrying(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
         """Run one request until it succeeds or the retry budget is spent, holding a slot."""
@@ -308,6 +312,10 @@ class Fetcher:
                 total = length if length is not None else -1
             if total > limit:
                 raise IntegrityError(f"{url}: {total} bytes, more than {_limit_name(self, limit)}")
+            # A progress display that wants the size (a bytes bar's total) learns it here.
+            expect_bytes = getattr(on_bytes, "expect_bytes", None)
+            if expect_bytes is not None and total >= 0:
+                expect_bytes(total - offset)
             meta = {
                 "url": url,
                 "etag": response.headers.get("ETag"),

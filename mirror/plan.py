@@ -27,8 +27,10 @@ from mirror.digest import digest_bytes, digest_file
 from mirror.errors import (
     ConfigError,
     DigestMismatchError,
+    HTTPStatusError,
     IntegrityError,
     MirrorError,
+    ReleaseNotFoundError,
 )
 from mirror.fetch import Fetcher
 from mirror.manifest import FileRecord, Manifest, companions, required_companions, sums_files
@@ -176,6 +178,8 @@ async def determine(
     for version in sorted(wanted.values()):
         try:
             indexes.append(await _release_index(store, fetcher, version, in_thread))
+        except ReleaseNotFoundError:
+            raise  # a version that does not exist is a selection error: stop the run
         except MirrorError as exc:
             failures.append(Failure.of(exc, f"release/{version}", version.text))
     if not failures and indexes:
@@ -225,7 +229,12 @@ async def _fetch_sums(
     files: dict[RelPath, bytes] = {}
     for sums_name in catalog.SUMS_FILES:
         base = f"release/{version}/{sums_name}"
-        body = await fetcher.bytes(fetcher.upstream.release_url(base), max_bytes=SUMS_MAX_BYTES)
+        try:
+            body = await fetcher.bytes(fetcher.upstream.release_url(base), max_bytes=SUMS_MAX_BYTES)
+        except HTTPStatusError as exc:
+            if exc.status == 404 and sums_name == catalog.SUMS_FILES[0]:
+                raise ReleaseNotFoundError(version, fetcher.upstream.config.url) from None
+            raise
         files[RelPath(sums_name)] = body
         digests = digest_bytes(body)
         for algo in ("sha256", "sha512"):

@@ -1,13 +1,18 @@
 """How a run shows itself: tqdm bars on a terminal, parseable log lines everywhere else.
 
 The engine reports through ``sync.Progress``; these are its two implementations. tqdm is
-imported only here (and only when a terminal is attached).
+imported only here (and only when a terminal is attached). While bars are up, log lines go
+through ``tqdm.write`` so that they never split a bar. Also owns the process's standard
+streams as a terminal program: library loggers kept quiet, and a stdout whose reader went away
+(``k8s-mirror status | head -1``) does not fail a run that succeeded.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -65,8 +70,41 @@ class LogProgress:
         pass
 
 
+class _TqdmLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record with ``tqdm.write``: above the bars, which are then redrawn."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+class _FileCounter:
+    """The byte callback of one file. ``expect_bytes`` is called by the fetcher as each attempt
+    starts, with what the response will carry (its Content-Length), so the bytes bar has a
+    total although SUMS files carry no sizes."""
+
+    def __init__(self, owner: BarProgress, path: str) -> None:
+        self.owner = owner
+        self.path = path
+        self.received_bytes = 0
+        self.expected_bytes = 0
+
+    def expect_bytes(self, remaining_bytes: int) -> None:
+        expected = self.received_bytes + remaining_bytes
+        self.owner.grow_total(expected - self.expected_bytes)
+        self.expected_bytes = expected
+
+    def __call__(self, n: int) -> None:
+        self.received_bytes += n
+        self.owner.advance(self.path, n, self.received_bytes, self.expected_bytes)
+
+
 class BarProgress:
-    """tqdm bars for total bytes and files, on a terminal."""
+    """tqdm bars for total bytes and files, on a terminal; log lines are written above them."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         from tqdm import tqdm
@@ -77,6 +115,7 @@ class BarProgress:
         self.per_file: dict[str, Any] = {}
         self.bytes: Any = tqdm(
             desc="bytes",
+            total=0,
             unit="B",
             unit_scale=True,
             unit_divisor=1024,
@@ -84,35 +123,51 @@ class BarProgress:
             position=1,
             leave=False,
         )
+        self._closed = False
+        root = logging.getLogger()
+        self._handlers = root.handlers[:]
+        root.handlers[:] = [self._through_bars(h) for h in self._handlers]
+
+    def _through_bars(self, handler: logging.Handler) -> logging.Handler:
+        if not isinstance(handler, logging.StreamHandler) or handler.stream is not self.stream:
+            return handler
+        replacement = _TqdmLogHandler(self.stream)
+        replacement.setFormatter(handler.formatter)
+        replacement.setLevel(handler.level)
+        return replacement
 
     def planned(self, files: int, total_bytes: int | None) -> None:
         self.files = self._tqdm(
             desc="files", total=files, unit="file", file=self.stream, position=0
         )
+        if total_bytes:
+            self.grow_total(total_bytes)
+
+    def grow_total(self, delta_bytes: int) -> None:
+        if delta_bytes:
+            self.bytes.total += delta_bytes
+            self.bytes.refresh()
 
     def file_bytes(self, path: str) -> Callable[[int], None]:
         """Count into the total; a file that grows large gets a bar of its own."""
-        received = 0
+        return _FileCounter(self, path)
 
-        def advance(n: int) -> None:
-            nonlocal received
-            received += n
-            self.bytes.update(n)
-            bar = self.per_file.get(path)
-            if bar is None and received >= LARGE_FILE_BYTES:
-                bar = self.per_file[path] = self._tqdm(
-                    desc=path.rsplit("/", 1)[-1],
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    file=self.stream,
-                    leave=False,
-                    initial=received - n,
-                )
-            if bar is not None:
-                bar.update(n)
-
-        return advance
+    def advance(self, path: str, n: int, received_bytes: int, expected_bytes: int) -> None:
+        self.bytes.update(n)
+        bar = self.per_file.get(path)
+        if bar is None and received_bytes >= LARGE_FILE_BYTES:
+            bar = self.per_file[path] = self._tqdm(
+                desc=path.rsplit("/", 1)[-1],
+                total=expected_bytes or None,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=self.stream,
+                leave=False,
+                initial=received_bytes - n,
+            )
+        if bar is not None:
+            bar.update(n)
 
     def file_done(self, path: str, outcome: str, size_bytes: int) -> None:
         bar = self.per_file.pop(path, None)
@@ -124,9 +179,17 @@ class BarProgress:
                 self.files.write(f"failed: {path}", file=self.stream)
 
     def close(self) -> None:
+        """Take the bars down and give logging its plain handlers back (idempotent: called
+        before an interruption message, and again on the way out)."""
+        if self._closed:
+            return
+        self._closed = True
+        for bar in self.per_file.values():
+            bar.close()
         self.bytes.close()
         if self.files is not None:
             self.files.close()
+        logging.getLogger().handlers[:] = self._handlers
 
 
 class JsonFormatter(logging.Formatter):
@@ -154,3 +217,58 @@ def setup_logging(*, verbose: int, quiet: bool, fmt: str, stream: TextIO | None 
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("mirror").setLevel(level)
+    # urllib3 (under sigstore's TUF client) logs every retry of an offline trust-root refresh
+    # as a warning; verify.py says it once, in our words. -vv shows them again.
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose > 1 else logging.ERROR)
+
+
+QUIET_LIBRARIES = ("urllib3", "tuf", "securesystemslib")
+
+
+class _PipeSafeRaw(io.RawIOBase):
+    """A file descriptor whose writes never fail with EPIPE: once the reader has gone, output
+    is dropped. What we print is a summary of work already done; losing its reader must not
+    turn that work into a failure."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self.reader_gone = False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, data: Any) -> int:
+        size = len(memoryview(data).cast("B"))
+        if not self.reader_gone:
+            try:
+                return os.write(self._fd, data)
+            except BrokenPipeError:
+                self.reader_gone = True
+        return size
+
+
+def pipe_safe_stdout() -> None:
+    """Replace the process's real stdout with one that ignores a closed pipe (leaves a
+    replaced stdout, e.g. a test runner's, alone)."""
+    stdout = sys.__stdout__
+    if stdout is None or sys.stdout is not stdout:
+        return
+    try:
+        fd = stdout.fileno()
+        stdout.flush()
+    except (OSError, ValueError):
+        return
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(_PipeSafeRaw(fd)),
+        encoding=stdout.encoding,
+        errors=stdout.errors,
+        line_buffering=stdout.line_buffering,
+    )

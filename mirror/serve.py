@@ -71,6 +71,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from aiohttp import ETag, web
 
+from mirror.errors import PortInUseError
 from mirror.layout import RELEASE_DIR_NAME, STATE_DIR_NAME
 
 __all__ = ["make_app", "serve"]
@@ -469,15 +470,19 @@ def _close_target(target: _Target) -> None:
 
 
 class _Handler:
-    def __init__(self, root: Path, *, index_pages: bool) -> None:
+    def __init__(self, root: Path, *, index_pages: bool, prefix: tuple[str, ...] = ()) -> None:
         self.root = root
         self.index_pages = index_pages
+        self.prefix = prefix
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.method not in ALLOWED_METHODS:
             return _plain(405, {"Allow": ", ".join(ALLOWED_METHODS)})
         try:
             components, trailing_slash = _request_components(request)
+            if components[: len(self.prefix)] != self.prefix:
+                raise _Reject(404, "outside the served prefix")
+            components = components[len(self.prefix) :]
             target = await _in_thread(
                 lambda: _open_in_root(self.root, components), on_orphan=_close_target
             )
@@ -496,7 +501,8 @@ class _Handler:
             if not self.index_pages:
                 return _plain(404)
             directory = target.path
-            body = await _in_thread(lambda: _index_page(self.root, directory, components))
+            shown = self.prefix + components
+            body = await _in_thread(lambda: _index_page(self.root, directory, shown))
             return web.Response(
                 body=body,
                 content_type="text/html",
@@ -670,15 +676,32 @@ def _validated_root(root: Path) -> Path:
     return root.resolve(strict=True)
 
 
-def make_app(root: Path, *, index_pages: bool = False) -> web.Application:
+def parse_prefix(prefix: str) -> tuple[str, ...]:
+    """``/dl.k8s.io`` -> its path components; raises ``ValueError`` for anything unservable."""
+    if not prefix.startswith("/"):
+        raise ValueError(f"{prefix!r} must start with '/', like /dl.k8s.io")
+    components = tuple(c for c in prefix.strip("/").split("/") if c)
+    for component in components:
+        if not _valid_component(component) or component != quote(component, safe="~@!$&'()*+,;=:"):
+            raise ValueError(f"{prefix!r}: {component!r} is not a plain path segment")
+    return components
+
+
+def make_app(root: Path, *, index_pages: bool = False, prefix: str = "") -> web.Application:
     """The read-only HTTP application for the mirror tree at ``root``.
 
-    Raises ``ValueError`` (one line, naming the path) if ``root`` is missing or not a directory.
+    With ``prefix`` (``/dl.k8s.io``, kubespray's ``files_repo`` layout) the tree is served
+    below that path only: ``/dl.k8s.io/release/...``; anything else is 404.
+
+    Raises ``ValueError`` (one line, naming the path) if ``root`` is missing or not a directory,
+    or if ``prefix`` is not a plain absolute URL path.
     """
+    components = parse_prefix(prefix) if prefix else ()
     real_root = _validated_root(root)
     app = web.Application(middlewares=[_access_log])
+    handler = _Handler(real_root, index_pages=index_pages, prefix=components)
     # One catch-all route: every path goes through the same validation in _Handler.
-    app.router.add_route("*", "/{tail:.*}", _Handler(real_root, index_pages=index_pages).handle)
+    app.router.add_route("*", "/{tail:.*}", handler.handle)
     return app
 
 
@@ -698,7 +721,12 @@ async def _run(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     try:
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(host, port) from None
+            raise
         for address in runner.addresses:
             log.info("serving %s read-only at %s", root, _url(address[0], address[1]))
         await stop.wait()
@@ -718,6 +746,7 @@ def serve(
     host: str,
     port: int,
     index_pages: bool = False,
+    prefix: str = "",
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
 ) -> None:
     """Serve ``root`` read-only on ``host:port`` until SIGTERM or SIGINT, then return.
@@ -726,8 +755,9 @@ def serve(
     log names it). On SIGTERM/SIGINT it stops accepting, gives in-flight requests up to
     ``shutdown_timeout`` seconds, and returns normally (the CLI then exits 0).
 
-    Raises ``ValueError`` if ``root`` is missing or not a directory, ``OSError`` if the address
-    cannot be bound.
+    Raises ``ValueError`` if ``root`` is missing or not a directory or ``prefix`` is invalid,
+    ``PortInUseError`` if something already listens on the address, ``OSError`` if it cannot
+    be bound otherwise.
     """
-    app = make_app(root, index_pages=index_pages)
+    app = make_app(root, index_pages=index_pages, prefix=prefix)
     asyncio.run(_run(app, root, host, port, shutdown_timeout))
