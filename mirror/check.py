@@ -31,7 +31,7 @@ from typing import Protocol
 
 from mirror import catalog
 from mirror.binding import ReleaseSbom, TagsOf, bind
-from mirror.catalog import RelPath, Version
+from mirror.catalog import PlannedFile, RelPath, Version
 from mirror.digest import Digests, digest_bytes
 from mirror.errors import BindingError, IntegrityError, SignatureError
 from mirror.layout import BUNDLE_SUFFIX
@@ -372,3 +372,39 @@ def _text(data: bytes | None) -> str | None:
         return data.decode("utf-8").strip()
     except UnicodeDecodeError:
         return None
+
+
+def accept_fetched(
+    planned: PlannedFile,
+    digests: Digests,
+    companions: Mapping[RelPath, bytes],
+    content: Callable[[], bytes | None],
+    bundles: BundleChecker | None,
+    binder: Binder,
+) -> tuple[FileRecord, list[str]]:
+    """Rules 2-4 and 7 for a file ``sync`` just fetched (its digests computed while it
+    streamed, its companions in memory, ``content`` reading it back only when a rule needs the
+    bytes: a ``.docker_tag`` or an SBOM). Raises on the first problem; else the record the
+    manifest keeps, and any warnings."""
+    index: dict[str, dict[str, str]] = {
+        "sha256": {planned.relpath: planned.sha256},
+        "sha512": {planned.relpath: planned.sha512},
+    }
+
+    def read(rel: str) -> bytes | None:
+        return content() if rel == planned.relpath else companions.get(RelPath(rel))
+
+    result = CheckResult()
+    check_primary(planned.version, planned.relpath, digests, index, read, bundles, binder, result)
+    raise_first(result)
+    verified = result.verified.get(planned.relpath)
+    record = FileRecord(
+        digests.size_bytes,
+        digests.sha256,
+        digests.sha512,
+        check="sigstore" if verified else "checksums",
+        identity=verified.identity if verified else None,
+        log_index=verified.log_index if verified else None,
+        binding=result.bindings.get(planned.relpath),
+    )
+    return record, result.warnings

@@ -19,6 +19,7 @@ from mirror.catalog import PlannedFile, RelPath
 from mirror.errors import DigestMismatchError, HTTPStatusError, SignatureError
 from mirror.fetch import Fetcher
 from mirror.layout import BUNDLE_SUFFIX
+from mirror.manifest import Manifest
 from mirror.verify import BUNDLE_MAX_BYTES, CERT_MAX_BYTES, SIG_MAX_BYTES
 
 SIDECAR_MAX_BYTES = 256
@@ -33,6 +34,16 @@ class SignatureForm:
     """``<file>.sigstore.json`` (verified offline, no Rekor lookup)."""
     detached: bool
     """``<file>.sig`` + ``<file>.cert`` (bundle assembled from the Rekor entry)."""
+
+    @classmethod
+    def recorded_in(cls, manifest: Manifest) -> SignatureForm | None:
+        """How a release in the tree was published, from what its manifest records (None:
+        no signed file recorded with its origin yet)."""
+        bundle = any(r.bundle == "upstream" for r in manifest.files.values())
+        assembled = any(r.bundle == "assembled" for r in manifest.files.values())
+        if not (bundle or assembled):
+            return None
+        return cls(bundle=bundle, detached=any(p.endswith(".sig") for p in manifest.files))
 
     def suffixes(self) -> tuple[str, ...]:
         return (BUNDLE_SUFFIX,) * self.bundle + catalog.SIGNATURE_SIDECARS * self.detached

@@ -14,6 +14,7 @@ primary they vouch for, so a client that sees a file can also see what verifies 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -105,6 +106,11 @@ class FileRecord:
     bundle: str | None = None
     """For a signed primary: ``upstream`` (published as ``.sigstore.json``, stored as is) or
     ``assembled`` (built from the Rekor entry of its ``.sig``/``.cert``)."""
+
+    @classmethod
+    def of_companion(cls, data: bytes) -> FileRecord:
+        """The record of a companion (a sidecar, signature, bundle or SUMS file)."""
+        return cls(len(data), hashlib.sha256(data).hexdigest())
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

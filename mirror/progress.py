@@ -1,6 +1,6 @@
 """How a run shows itself: tqdm bars on a terminal, parseable log lines everywhere else.
 
-The engine reports through ``sync.Progress``; these are its two implementations. tqdm is
+The engine reports through ``pipeline.Progress``; these are its two implementations. tqdm is
 imported only here (and only when a terminal is attached). While bars are up, log lines go
 through ``tqdm.write`` so that they never split a bar. Also owns the process's standard
 streams as a terminal program: library loggers kept quiet, and a stdout whose reader went away

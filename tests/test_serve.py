@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from mirror import serve as serve_module
 from mirror.layout import STATE_DIR_NAME
-from mirror.serve import _parse_range, make_app, serve
+from mirror.serve import make_app, serve
+from mirror.serve import paths as serve_module
+from mirror.serve.headers import parse_range
 
 CURL = "/usr/bin/curl"
 REPO = Path(__file__).resolve().parents[1]
@@ -484,7 +485,7 @@ def test_component_swapped_for_symlink_after_resolve_is_refused(
     outside = tree.root.parent / "lookalike"
     (outside / "bin/linux/amd64").mkdir(parents=True)
     (outside / "bin/linux/amd64/kubectl").write_bytes(SECRET + b"swapped")
-    resolve = serve_module._resolve_in_root
+    resolve = serve_module.resolve_in_root
 
     def resolve_then_swap(root: Path, candidate: Path) -> Path:
         rel = resolve(root, candidate)
@@ -493,9 +494,9 @@ def test_component_swapped_for_symlink_after_resolve_is_refused(
         version_dir.symlink_to(outside)
         return rel
 
-    monkeypatch.setattr(serve_module, "_resolve_in_root", resolve_then_swap)
-    with pytest.raises(serve_module._Reject) as refused:
-        serve_module._open_in_root(tree.root.resolve(), tuple(KUBECTL.split("/")))
+    monkeypatch.setattr(serve_module, "resolve_in_root", resolve_then_swap)
+    with pytest.raises(serve_module.Reject) as refused:
+        serve_module.open_in_root(tree.root.resolve(), tuple(KUBECTL.split("/")))
     assert refused.value.status == 404
 
 
@@ -520,7 +521,7 @@ def test_component_swapped_for_symlink_after_resolve_is_refused(
     ],
 )
 def test_parse_range(header: str, size: int, expected: object) -> None:
-    assert _parse_range(header, size) == expected
+    assert parse_range(header, size) == expected
 
 
 # ---------------------------------------------------------------------------------------------
