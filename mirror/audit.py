@@ -31,6 +31,7 @@ from mirror.digest import Digests, digest_file
 from mirror.errors import ConfigError, LocalStoreError, MirrorError
 from mirror.layout import RELEASE_DIR_NAME, STATE_DIR_NAME, TRUST_ROOT_RELPATH
 from mirror.sbom import SBOM_KINDS, SBOM_MAX_BYTES
+from mirror.statefile import StateFormatError, read_json_file
 from mirror.store import Store, write_atomic
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 RELEASE_NOTES_INDEX = "release-notes-index.json"
 SMALL_FILE_MAX_BYTES = 4 << 20
+PROGRESS_MAX_BYTES = 1 << 20
 """Companions, SUMS and .docker_tag files are read whole; nothing legitimate is this big."""
 
 
@@ -109,17 +111,23 @@ class TreeAudit:
                     self.on_release(version, len(self.result.problems) - before)
         if not self.only:
             self._audit_top_level(set(in_tree))
-        self.progress_path.unlink(missing_ok=True)
+        # On read-only media (the normal case on the offline side) there is nothing to clear.
+        with contextlib.suppress(OSError):
+            self.progress_path.unlink(missing_ok=True)
         return self.result
 
     def _load_progress(self) -> set[str]:
         try:
-            return set(json.loads(self.progress_path.read_text())["passed"])
-        except (OSError, ValueError, KeyError, TypeError):
+            data = read_json_file(self.progress_path, max_bytes=PROGRESS_MAX_BYTES)
+        except (OSError, StateFormatError):
             return set()
+        passed = data.get("passed") if isinstance(data, dict) else None
+        if not isinstance(passed, list):
+            return set()
+        return {name for name in passed if isinstance(name, str)}
 
     def _save_progress(self, done: set[str]) -> None:
-        if not self.store.state.is_dir():
+        if not self.store.state.is_dir() or not os.access(self.store.state, os.W_OK):
             return
         # Resuming is a convenience; an unwritable state dir must not fail the audit.
         with contextlib.suppress(MirrorError):

@@ -38,7 +38,8 @@ class RelPath(str):
     def __new__(cls, value: str) -> RelPath:
         problem = _relpath_problem(value)
         if problem is not None:
-            raise UnsafePathError(f"unsafe path {value!r}: {problem}")
+            shown = value if len(value) <= 120 else value[:120] + "..."
+            raise UnsafePathError(f"unsafe path {shown!r}: {problem}")
         return super().__new__(cls, value)
 
     @property
@@ -54,9 +55,17 @@ class RelPath(str):
         return RelPath(self + suffix)
 
 
+RELPATH_MAX_CHARS = 1024
+SEGMENT_MAX_CHARS = 255
+"""No upstream path comes near these; a longer one is hostile (and no filesystem or HTTP
+server would take it)."""
+
+
 def _relpath_problem(value: str) -> str | None:
     if not value:
         return "empty"
+    if len(value) > RELPATH_MAX_CHARS:
+        return f"longer than {RELPATH_MAX_CHARS} characters"
     if value.startswith("/"):
         return "absolute path"
     if "\\" in value:
@@ -66,6 +75,8 @@ def _relpath_problem(value: str) -> str | None:
     for segment in value.split("/"):
         if segment in ("", ".", ".."):
             return "empty, '.' or '..' segment"
+        if len(segment) > SEGMENT_MAX_CHARS:
+            return f"a segment longer than {SEGMENT_MAX_CHARS} characters"
         if not _SEGMENT_RE.match(segment):
             return f"segment {segment!r} has characters outside [A-Za-z0-9._+-] or starts with '.'"
     return None

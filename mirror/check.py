@@ -14,8 +14,8 @@ way to read the small companion files; the rules are:
    and any ``.sig``/``.cert`` beside it must carry the bundle's signature and certificate.
 5. What a manifest records for a file agrees with its content and with rule 4
    (``check_record``; for trees and transfer sets, whose manifests are no authority).
-6. Nothing else rides along: every file is a primary of the SUMS or a companion of one, and
-   the SUMS files match their own sidecars (``check_release``).
+6. Nothing else rides along: every file is a primary of the SUMS or a companion of one that
+   is itself in the release, and the SUMS files match their own sidecars (``check_release``).
 7. Release binding (``binding.py``): in a signed release, each primary is bound to the
    release and path it is served under by the release's signed SBOM, whose own signature is
    checked first.
@@ -63,7 +63,8 @@ class Problem:
     path: str
     kind: str
     """``missing``, ``modified``, ``unexpected``, ``bad-sidecar``, ``bad-bundle``,
-    ``bad-manifest``, ``no-manifest``, ``bad-marker``."""
+    ``bad-manifest``, ``no-manifest``, ``bad-marker``, ``orphan`` (a companion without
+    its primary)."""
     detail: str
 
     def __str__(self) -> str:
@@ -315,6 +316,11 @@ def check_release(
         base = companion_of(rel, primaries)
         if base is None:
             result.add(prefix + rel, "unexpected", "neither in SUMS nor a sidecar of it")
+        elif base not in digests and base not in manifest.files:
+            # A companion vouches for nothing without its verified primary: accepting one
+            # alone would let a set plant a sidecar or bundle beside no file (or later
+            # beside any file).
+            result.add(prefix + rel, "orphan", f"a companion of {base}, which is not here")
         elif base in catalog.SUMS_FILES and rel != base:
             algo = rel.rpartition(".")[2]
             body = read(base)

@@ -37,6 +37,11 @@ class UpstreamConfig:
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     max_file_size_bytes: int = 4 * 1024**3
+    min_rate_bytes_per_s: int = 1024
+    """A body slower than this, averaged over ``min_rate_window_s``, is cut and retried."""
+    min_rate_window_s: float = 30.0
+    file_timeout_s: float = 0.0
+    """Longest one attempt at one file may take (0: no limit beyond the rate)."""
     proxy: str | None = None
     """HTTP(S) proxy URL for every request; None: the HTTPS_PROXY/HTTP_PROXY/NO_PROXY variables."""
     ca_file: Path | None = None
@@ -260,6 +265,13 @@ class _Validator:
             max_file_size_bytes=self._int(
                 t, "upstream.max_file_size_bytes", d.max_file_size_bytes, 1, 1 << 40
             ),
+            min_rate_bytes_per_s=self._int(
+                t, "upstream.min_rate_bytes_per_s", d.min_rate_bytes_per_s, 0, 1 << 40
+            ),
+            min_rate_window_s=self._float(
+                t, "upstream.min_rate_window_s", d.min_rate_window_s, 0.1, 3600
+            ),
+            file_timeout_s=self._float(t, "upstream.file_timeout_s", d.file_timeout_s, 0, 86400),
             proxy=self._url(t, "upstream.proxy", "") if "proxy" in t else None,
             ca_file=self._existing_file(t, "upstream.ca_file"),
         )
@@ -277,6 +289,9 @@ class _Validator:
         d = TreeConfig()
         t = self.section(raw, "tree", set(TreeConfig.__dataclass_fields__))
         root_text = self._str(t, "tree.root", str(d.root))
+        if self._path(root_text).resolve() == Path("/"):
+            # The tree's state and pruning would act on the whole filesystem.
+            self.problem("tree.root", "must not be the filesystem root '/'")
         return TreeConfig(
             root=self._path(root_text),
             prune=self._bool(t, "tree.prune", d.prune),

@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ from mirror.errors import (
     LocalStoreError,
     TransientError,
 )
-from mirror.upstream import Upstream, raise_for_status, sleep_s
+from mirror.statefile import StateFormatError, read_json_file
+from mirror.upstream import Upstream, raise_for_status, salvage_buffered, sleep_s
 
 CHUNK_BYTES = 1 << 20
 SMALL_BODY_MAX_BYTES = 4 << 20
@@ -84,12 +86,38 @@ def _meta_path(part: Path) -> Path:
     return part.with_name(part.name + ".meta")
 
 
+META_MAX_BYTES = 64 << 10
+
+
 def _read_meta(part: Path) -> dict[str, Any] | None:
     try:
-        meta = json.loads(_meta_path(part).read_text())
-    except (OSError, ValueError):
+        meta = read_json_file(_meta_path(part), max_bytes=META_MAX_BYTES, max_depth=2)
+    except (OSError, StateFormatError):
         return None
     return meta if isinstance(meta, dict) else None
+
+
+class RateGuard:
+    """Cuts a body that trickles: a read timeout only catches silence, and a server sending a
+    byte a second would hold a run for days. Over each window of ``window_s`` the body must
+    average ``min_bytes_per_s`` (0 disables the guard). Pure, so it is tested without I/O."""
+
+    def __init__(self, min_bytes_per_s: int, window_s: float, now_s: float) -> None:
+        self.min_bytes_per_s = min_bytes_per_s
+        self.window_s = window_s
+        self.window_start_s = now_s
+        self.window_bytes = 0
+
+    def too_slow(self, received_bytes: int, now_s: float) -> float | None:
+        """Count ``received_bytes`` more; the rate of a finished window below the minimum
+        (bytes/s), or None."""
+        self.window_bytes += received_bytes
+        elapsed_s = now_s - self.window_start_s
+        if self.min_bytes_per_s <= 0 or elapsed_s < self.window_s:
+            return None
+        rate = self.window_bytes / elapsed_s
+        self.window_start_s, self.window_bytes = now_s, 0
+        return rate if rate < self.min_bytes_per_s else None
 
 
 def discard_partial(part: Path) -> None:
@@ -189,18 +217,24 @@ class Fetcher:
         sha256: str,
         sha512: str,
         on_bytes: ProgressFn | None = None,
+        max_bytes: int | None = None,
     ) -> Downloaded:
         """Stream ``url`` into ``part`` until its digests match the expected ones.
 
-        The partial file survives transient failures (for resume, in this run or the next) and
-        is removed on a final failure other than a transient one.
+        ``max_bytes`` bounds the body below ``upstream.max_file_size_bytes`` when the caller
+        knows roughly how big the file can be (an endless body stops there). The partial file
+        survives transient failures (for resume, in this run or the next) and is removed on a
+        final failure other than a transient one.
         """
+        limit = self.config.max_file_size_bytes
+        if max_bytes is not None:
+            limit = min(limit, max_bytes)
         async with self.slots:
             attempt = 0
             restarted_after_mismatch = False
             while True:
                 try:
-                    result = await self._attempt(url, part, on_bytes)
+                    result = await self._attempt_in_time(url, part, on_bytes, limit)
                 except TransientError as exc:
                     attempt += 1
                     await self._backoff(attempt, exc)
@@ -229,7 +263,24 @@ class Fetcher:
                 restarted_after_mismatch = True
                 attempt += 1
 
-    async def _attempt(self, url: str, part: Path, on_bytes: ProgressFn | None) -> Downloaded:
+    async def _attempt_in_time(
+        self, url: str, part: Path, on_bytes: ProgressFn | None, limit: int
+    ) -> Downloaded:
+        """One attempt, within ``upstream.file_timeout_s`` if set (what arrived is kept)."""
+        timeout_s = self.config.file_timeout_s
+        if timeout_s <= 0:
+            return await self._attempt(url, part, on_bytes, limit)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._attempt(url, part, on_bytes, limit)
+        except TimeoutError:
+            raise TransientError(
+                f"{url}: not complete after {timeout_s:g} s (upstream.file_timeout_s)"
+            ) from None
+
+    async def _attempt(
+        self, url: str, part: Path, on_bytes: ProgressFn | None, limit: int
+    ) -> Downloaded:
         loop = asyncio.get_running_loop()
         offset, validator = await loop.run_in_executor(self.executor, _resume_offset, part, url)
         headers = {"Accept-Encoding": "identity"}
@@ -259,10 +310,8 @@ class Fetcher:
                 offset = 0
                 length = response.content_length
                 total = length if length is not None else -1
-            if total > self.config.max_file_size_bytes:
-                raise IntegrityError(
-                    f"{url}: {total} bytes, more than upstream.max_file_size_bytes"
-                )
+            if total > limit:
+                raise IntegrityError(f"{url}: {total} bytes, more than {_limit_name(self, limit)}")
             # A progress display that wants the size (a bytes bar's total) learns it here.
             expect_bytes = getattr(on_bytes, "expect_bytes", None)
             if expect_bytes is not None and total >= 0:
@@ -274,7 +323,7 @@ class Fetcher:
             }
             writer = await loop.run_in_executor(self.executor, _open_writer, part, offset, meta)
             try:
-                await self._pump(url, response, writer, on_bytes)
+                await self._pump(url, response, writer, on_bytes, limit)
                 digests = await loop.run_in_executor(self.executor, writer.finish)
             except BaseException:
                 writer.close()  # keeps what was written, for resume
@@ -284,7 +333,12 @@ class Fetcher:
         return _downloaded(part, digests, offset)
 
     async def _pump(
-        self, url: str, response: Any, writer: HashingWriter, on_bytes: ProgressFn | None
+        self,
+        url: str,
+        response: Any,
+        writer: HashingWriter,
+        on_bytes: ProgressFn | None,
+        limit: int,
     ) -> None:
         """Hand the body to the writer thread in batches of about ``CHUNK_BYTES``, one batch
         in flight. The batch is a list of the chunks as received: joining them here would be
@@ -294,6 +348,9 @@ class Fetcher:
         received = writer.size_bytes
         batch: list[bytes] = []
         batch_bytes = 0
+        guard = RateGuard(
+            self.config.min_rate_bytes_per_s, self.config.min_rate_window_s, time.monotonic()
+        )
         try:
             while True:
                 chunk, end_of_http_chunk = await response.content.readchunk()
@@ -301,8 +358,12 @@ class Fetcher:
                     continue  # a chunked body's chunk boundary, not the end of the body
                 if chunk:
                     received += len(chunk)
-                    if received > self.config.max_file_size_bytes:
-                        raise IntegrityError(f"{url}: body exceeds upstream.max_file_size_bytes")
+                    if received > limit:
+                        raise IntegrityError(f"{url}: body exceeds {_limit_name(self, limit)}")
+                    if (rate := guard.too_slow(len(chunk), time.monotonic())) is not None:
+                        raise TransientError(
+                            f"{url}: {rate:.0f} bytes/s, below upstream.min_rate_bytes_per_s"
+                        )
                     batch.append(chunk)
                     batch_bytes += len(chunk)
                     if on_bytes is not None:
@@ -317,12 +378,27 @@ class Fetcher:
                     batch, batch_bytes = [], 0
                 if not chunk:
                     break
+        except TransientError:
+            raise
+        except Exception:
+            # A cut body: keep what arrived before the cut (a small file's whole first
+            # attempt may still sit in the client's buffer), so the next attempt resumes.
+            rest = salvage_buffered(response.content)
+            if rest and received + len(rest) <= limit:
+                batch.append(rest)
+            raise
         finally:
             if pending is not None:
                 await asyncio.shield(pending)
             if batch:
                 # What arrived before a failure is a valid prefix: keep it for resume.
                 await asyncio.shield(loop.run_in_executor(self.executor, writer.write_all, batch))
+
+
+def _limit_name(fetcher: Fetcher, limit: int) -> str:
+    if limit >= fetcher.config.max_file_size_bytes:
+        return "upstream.max_file_size_bytes"
+    return f"{limit} bytes, the most a file of its kind and size can be"
 
 
 def _open_writer(part: Path, offset: int, meta: dict[str, Any]) -> HashingWriter:

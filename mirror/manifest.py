@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mirror import catalog
 from mirror.catalog import RelPath
-from mirror.errors import LocalStoreError
+from mirror.errors import LocalStoreError, UnsafePathError
 from mirror.layout import BUNDLE_SUFFIX
+from mirror.statefile import StateFormatError, parse_json, typed
 
 COMPANION_SUFFIXES = (*catalog.SIDECAR_DIGESTS, *catalog.SIGNATURE_SIDECARS, BUNDLE_SUFFIX)
 
@@ -81,6 +83,10 @@ def promotion_order(paths: Iterable[str]) -> list[RelPath]:
 
 
 MANIFEST_FORMAT = 1
+MANIFEST_MAX_BYTES = 64 << 20
+"""A whole release is ~600 files of ~300 bytes each; this is far beyond any real one."""
+RECORD_CHECKS = ("sigstore", "checksums", "digest")
+_HEX = {"sha256": re.compile(r"^[0-9a-f]{64}$"), "sha512": re.compile(r"^[0-9a-f]{128}$")}
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,27 @@ class FileRecord:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FileRecord:
+    def from_json(cls, data: Any, source: str = "record") -> FileRecord:
+        """A record, every field checked by type (``StateFormatError`` otherwise)."""
+        entry: dict[str, Any] = typed(data, dict, source)
+        data = entry
+        size = typed(data.get("size"), int, f"{source}: size")
+        if size < 0:
+            raise StateFormatError(f"{source}: size: negative")
+        for algo, pattern in _HEX.items():
+            value = data.get(algo)
+            if value is None and algo == "sha512":
+                continue
+            if not isinstance(value, str) or not pattern.match(value):
+                raise StateFormatError(f"{source}: {algo}: not a lowercase hex digest")
+        check = data.get("check", "digest")
+        if check not in RECORD_CHECKS:
+            raise StateFormatError(f"{source}: check: {check!r} is not one of {RECORD_CHECKS}")
+        for key in ("identity", "binding", "bundle"):
+            if data.get(key) is not None:
+                typed(data[key], str, f"{source}: {key}")
+        if data.get("log_index") is not None:
+            typed(data["log_index"], int, f"{source}: log_index")
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -137,15 +163,26 @@ class Manifest:
     def from_json(cls, text: str | bytes, source: str) -> Manifest:
         """Parse a manifest file; ``source`` names it in the error."""
         try:
-            data = json.loads(text)
+            data = typed(parse_json(text, source, max_bytes=MANIFEST_MAX_BYTES), dict, source)
             if data.get("format") != MANIFEST_FORMAT:
-                raise ValueError(f"unknown format {data.get('format')!r}")
-            files = {p: FileRecord.from_json(r) for p, r in data["files"].items()}
-            return cls(str(data["version"]), files, float(data.get("updated_at", 0)))
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-            # ValueError covers bytes that are not UTF-8; RecursionError hostile nesting.
-            detail = "nested too deeply" if isinstance(exc, RecursionError) else exc
-            raise LocalStoreError(f"{source}: unreadable manifest: {detail}") from None
+                raise StateFormatError(f"{source}: unknown format {data.get('format')!r}")
+            version = typed(data.get("version"), str, f"{source}: version")
+            entries = typed(data.get("files"), dict, f"{source}: files")
+            files = {}
+            for rel, entry in entries.items():
+                try:
+                    RelPath(rel)
+                except UnsafePathError as exc:
+                    raise StateFormatError(f"{source}: files: {exc}") from None
+                files[rel] = FileRecord.from_json(entry, f"{source}: files[{rel!r}]")
+            updated_at = typed(data.get("updated_at", 0), (int, float), f"{source}: updated_at")
+            return cls(version, files, float(updated_at))
+        except StateFormatError as exc:
+            raise LocalStoreError(
+                f"unreadable manifest: {exc}",
+                hint="run k8s-mirror verify; to rebuild it, move the file aside and sync again "
+                "(every file of the release is then fetched and verified anew)",
+            ) from None
 
     def binding_summary(self) -> str:
         """How the release's primary files are bound to it: ``sbom`` (every one, by the rules

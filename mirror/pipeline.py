@@ -197,6 +197,7 @@ class ReleasePipeline:
         already in the tree) promote it. Returns its size."""
         name = str(planned.tree_path)
         part = self.store.partial_path(release.name, planned.relpath)
+        await self._in_thread(self.store.ensure_dir, part.parent)
         companions, form = await fetch_companions(fetcher, planned, release.form)
         release.form = release.form or form
         bundle_path = planned.relpath.child(BUNDLE_SUFFIX)
@@ -213,6 +214,7 @@ class ReleasePipeline:
                 sha256=planned.sha256,
                 sha512=planned.sha512,
                 on_bytes=self.progress.file_bytes(name),
+                max_bytes=release.size_cap(planned),
             )
         except BaseException:
             await _abandon(lookup)

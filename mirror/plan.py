@@ -13,6 +13,7 @@ waiting in staging) or to fetch.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ from mirror.binding import ReleaseSbom
 from mirror.catalog import PlannedFile, RelPath, Selection, Version
 from mirror.check import BindingPolicy, check_signing_policy
 from mirror.companion import SignatureForm
-from mirror.digest import digest_bytes
+from mirror.digest import digest_bytes, digest_file
 from mirror.errors import (
     ConfigError,
     DigestMismatchError,
@@ -34,13 +35,18 @@ from mirror.errors import (
 from mirror.fetch import Fetcher
 from mirror.manifest import FileRecord, Manifest, companions, required_companions, sums_files
 from mirror.report import Failure
-from mirror.sbom import RELEASE_SBOM
+from mirror.sbom import RELEASE_SBOM, SBOM_KINDS, SBOM_MAX_BYTES
 from mirror.store import Store
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 InThread = Callable[..., Awaitable[Any]]
 
 SUMS_MAX_BYTES = 2 << 20
+DOCKER_TAG_MAX_BYTES = 4 << 10
+KNOWN_SIZE_FACTOR = 4
+KNOWN_SIZE_RELEASES = 4
+KNOWN_SIZE_SLACK_BYTES = 16 << 20
 SIDECAR_MAX_BYTES = 256
 MARKER_MAX_BYTES = 64
 UNSIGNED_HINT = (
@@ -87,6 +93,8 @@ class ReleasePlan:
     """How upstream publishes this release's signatures, once the first file told."""
     to_fetch: list[PlannedFile] = field(default_factory=list)
     failed: int = 0
+    known_sizes: dict[str, int] = field(default_factory=dict)
+    """Sizes the same paths have in the tree's other releases (for ``size_cap``)."""
 
     @property
     def name(self) -> str:
@@ -101,6 +109,18 @@ class ReleasePlan:
             if f.relpath not in present
         )
         return added + (0 if self.in_tree else len(sums_files()))
+
+    def size_cap(self, planned: PlannedFile) -> int | None:
+        """The most bytes a body of ``planned`` may plausibly have, or None for no bound
+        beyond ``upstream.max_file_size_bytes``: SUMS bind content, not size, so an endless
+        body would otherwise be read to that cap. A kind with a fixed bound has it; a path the
+        tree holds in another release may grow to a small multiple of its size there."""
+        if planned.relpath.endswith(".docker_tag"):
+            return DOCKER_TAG_MAX_BYTES
+        if planned.relpath in SBOM_KINDS:
+            return SBOM_MAX_BYTES
+        known = self.known_sizes.get(planned.relpath)
+        return None if known is None else KNOWN_SIZE_FACTOR * known + KNOWN_SIZE_SLACK_BYTES
 
     def keep_paths(self) -> list[str]:
         """Every path of the release this selection keeps (for prune)."""
@@ -273,8 +293,9 @@ def plan_release(
     plan = ReleasePlan(
         index.version, store.release_in_tree(name), manifest, files, index.sums_files
     )
+    plan.known_sizes = _known_sizes(store, name)
     for planned in files:
-        if store.present(manifest, planned.relpath):
+        if _present(store, manifest, planned):
             record = manifest.files[planned.relpath]
             if record.sha256 != planned.sha256:
                 raise IntegrityError(
@@ -284,10 +305,63 @@ def plan_release(
                 )
             plan.present.append(planned)
         elif records := staged_records(planned, staged, lambda p: store.present(manifest, p)):
-            plan.staged.update(records)
+            if (problem := _staged_problem(store, planned, records)) is None:
+                plan.staged.update(records)
+            else:
+                log.warning("%s: staged copy discarded, fetched again: %s", name, problem)
+                store.discard_staged(name, records)
+                plan.to_fetch.append(planned)
         else:
             plan.to_fetch.append(planned)
     return plan
+
+
+def _known_sizes(store: Store, version: str) -> dict[str, int]:
+    """The largest size each path has in the tree's other releases (unreadable manifests are
+    skipped: this only bounds a body, it never admits one). The newest few are enough, and
+    keep a no-change run of a large tree from reading every manifest once per release."""
+    sizes: dict[str, int] = {}
+    others = [v for v in store.versions_in_tree() if v != version and catalog.is_version(v)]
+    for other in sorted(others, key=Version.parse)[-KNOWN_SIZE_RELEASES:]:
+        try:
+            manifest = store.load_manifest(other)
+        except MirrorError:
+            continue
+        for rel, record in manifest.files.items():
+            sizes[rel] = max(sizes.get(rel, 0), record.size)
+    return sizes
+
+
+def _present(store: Store, manifest: Manifest, planned: PlannedFile) -> bool:
+    """The primary and every companion are in the manifest and on disk: a manifest that lost
+    a companion's record makes the file fetched (and its record written) again."""
+    paths = (planned.relpath, *required_companions(planned.relpath, signed=planned.signed))
+    return all(store.present(manifest, p) for p in paths)
+
+
+def _staged_problem(
+    store: Store, planned: PlannedFile, records: dict[str, FileRecord]
+) -> str | None:
+    """(worker thread) Re-hash what an earlier run staged: the journal says what was verified
+    then, not what is on disk now. The primary must match both SUMS digests, its digest
+    sidecars must hold those digests, and every other companion its journaled sha256."""
+    version = planned.version
+    for rel, record in records.items():
+        path = store.staged_path(version, RelPath(rel))
+        try:
+            digests = digest_file(path, sha512=rel == planned.relpath)
+        except OSError as exc:
+            return f"{rel}: unreadable: {exc.strerror}"
+        if rel == planned.relpath:
+            if (digests.sha256, digests.sha512) != (planned.sha256, planned.sha512):
+                return f"{rel}: does not match SHA256SUMS/SHA512SUMS any more"
+        elif rel in (planned.relpath + ".sha256", planned.relpath + ".sha512"):
+            expected = planned.sha256 if rel.endswith(".sha256") else planned.sha512
+            if digest_bytes(expected.encode(), sha512=False).sha256 != digests.sha256:
+                return f"{rel}: does not hold the SUMS digest"
+        elif digests.sha256 != record.sha256 or digests.size_bytes != record.size:
+            return f"{rel}: changed since it was verified"
+    return None
 
 
 def staged_records(

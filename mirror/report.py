@@ -8,16 +8,29 @@ textfile-collector file. All three are written atomically, on success and on fai
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mirror.errors import MirrorError
+from mirror.errors import LocalStoreError, MirrorError
+from mirror.statefile import StateFormatError, read_json_file
 from mirror.store import Store, write_atomic
 
+log = logging.getLogger(__name__)
 REPORT_FORMAT = 1
+STATUS_MAX_BYTES = 64 << 10
+_RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "report": str,
+    "started_at": str,
+    "finished_at": str,
+    "outcome": str,
+    "exit_code": int,
+}
 
 
 def _iso(ts: float | None) -> str | None:
@@ -84,11 +97,20 @@ class RunReport:
 
 
 def write_run_files(store: Store, report: RunReport, metrics_file: Path | None) -> Path:
-    """Write the run report, update status.json and the metrics file; return the report path."""
+    """Write the run report, update status.json and the metrics file; return the report path.
+
+    Each of the three is attempted even when another fails (a full disk must not hide a
+    failed run from a metrics file on another filesystem); the first failure is raised after.
+    """
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(report.started_at))
     path = store.reports / f"{stamp}-{report.command}.json"
     data = report.to_json()
-    write_atomic(path, json.dumps(data, indent=1).encode(), tmp_dir=store.tmp)
+    errors: list[LocalStoreError] = []
+    try:
+        store.ensure_dir(store.reports)
+        write_atomic(path, json.dumps(data, indent=1).encode(), tmp_dir=store.tmp)
+    except LocalStoreError as exc:
+        errors.append(exc)
 
     status = read_status(store)
     status["last_run"] = {
@@ -102,27 +124,78 @@ def write_run_files(store: Store, report: RunReport, metrics_file: Path | None) 
         status["last_success"] = status["last_run"]
         status["last_success_ts"] = report.finished_at
     status["format"] = REPORT_FORMAT
-    write_atomic(
-        store.state / "status.json", json.dumps(status, indent=1).encode(), tmp_dir=store.tmp
-    )
+    try:
+        _write_status(store, json.dumps(status, indent=1).encode())
+    except LocalStoreError as exc:
+        errors.append(exc)
 
     if metrics_file is not None:
-        write_atomic(metrics_file, render_metrics(report, status).encode())
+        try:
+            write_atomic(metrics_file, render_metrics(report, status).encode())
+        except LocalStoreError as exc:
+            errors.append(exc)
+    if errors:
+        for extra in errors[1:]:
+            log.error("%s", extra)
+        raise errors[0]
     return path
 
 
-def read_status(store: Store) -> dict[str, Any]:
+def _write_status(store: Store, data: bytes) -> None:
+    """status.json by atomic rename; on a full disk, in place (a small file rewrites into
+    the block it frees), because a stale "last run: success" is worse than a torn file."""
+    target = store.state / "status.json"
+    store.ensure_dir(store.state)
     try:
-        data = json.loads((store.state / "status.json").read_text())
-    except (OSError, ValueError):
+        write_atomic(target, data, tmp_dir=store.tmp)
+        return
+    except LocalStoreError as exc:
+        if not isinstance(exc.__cause__, OSError) or exc.__cause__.errno != errno.ENOSPC:
+            raise
+        first = exc
+    try:
+        fd = os.open(target, os.O_RDWR | os.O_NOFOLLOW)
+        with open(fd, "r+b") as handle:
+            handle.truncate(0)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        # No earlier status to overwrite, or not even its block is free: nothing to do.
+        raise first from None
+
+
+def read_status(store: Store) -> dict[str, Any]:
+    """status.json, with every field it should have checked by type; what is missing, of the
+    wrong type or unreadable is left out (the next run writes it anew)."""
+    try:
+        data = read_json_file(store.state / "status.json", max_bytes=STATUS_MAX_BYTES)
+    except (FileNotFoundError, StateFormatError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    status: dict[str, Any] = {}
+    for key in ("last_run", "last_success"):
+        run = data.get(key)
+        if isinstance(run, dict) and all(
+            run.get(name) is None
+            or (isinstance(run.get(name), kind) and not isinstance(run.get(name), bool))
+            for name, kind in _RUN_FIELDS.items()
+        ):
+            status[key] = {name: run.get(name) for name in _RUN_FIELDS}
+    ts = data.get("last_success_ts")
+    if isinstance(ts, int | float) and not isinstance(ts, bool) and ts >= 0:
+        status["last_success_ts"] = float(ts)
+    return status
 
 
 def prune_reports(store: Store, keep: int) -> None:
-    reports = sorted(store.reports.glob("*.json"))
-    for old in reports[:-keep]:
-        old.unlink(missing_ok=True)
+    try:
+        reports = sorted(store.reports.glob("*.json"))
+        for old in reports[:-keep]:
+            old.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("%s: cannot prune old reports: %s", store.reports, exc.strerror)
 
 
 def render_metrics(report: RunReport, status: dict[str, Any]) -> str:

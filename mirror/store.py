@@ -17,17 +17,20 @@ Invariants kept here:
 - Staged, verified files are journaled (``staging/<version>.journal``) so an interrupted run's
   work is reused by the next one.
 - Markers are plain files written by atomic rename.
+- Every directory written through is first proven a real directory inside the root, one
+  component at a time (``ensure_dir``): a planted symlink never leads a write outside.
 - One writer: ``lock`` is an exclusive ``flock`` on ``.k8s-mirror/lock``; the kernel drops it when
   the process dies, so a killed run never leaves a stale lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
-import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -43,6 +46,7 @@ from mirror.catalog import (
     marker_series_problem,
 )
 from mirror.errors import LocalStoreError, LockHeldError
+from mirror.journal import append_journal, read_journal
 from mirror.layout import RELEASE_DIR_NAME, TRUST_ROOT_RELPATH, state_dir
 from mirror.manifest import FileRecord, Manifest, promotion_order
 
@@ -86,7 +90,8 @@ def write_atomic(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> Non
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # read-only media refuse even this
+            tmp.unlink(missing_ok=True)
         raise LocalStoreError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 
 
@@ -107,31 +112,60 @@ class Store:
     def prepare(self) -> None:
         """Create the tree root and state directories (idempotent), refusing symlinks.
 
-        Someone who can plant a symlink at ``release`` or in the state directory could make
-        us write outside the root, or swap files between verification and promotion.
+        Someone who can plant a symlink at ``release``, ``sigstore`` or anywhere in the state
+        directory could make us write outside the root, or swap files between verification
+        and promotion: every directory is proven real before anything is written, and the
+        release, staging and partial areas are checked one level down too (a planted
+        ``staging/<version>`` symlink would otherwise become ``release/<version>``).
         """
         try:
-            for path in (
-                self.root / RELEASE_DIR_NAME,
-                self.staging,
-                self.partial,
-                self.manifests,
-                self.reports,
-                self.tmp,
-            ):
-                path.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LocalStoreError(f"{exc.filename}: cannot create: {exc.strerror}") from exc
-        for path in (
-            self.root / RELEASE_DIR_NAME,
-            self.state,
-            self.staging,
-            self.partial,
-            self.manifests,
-            self.reports,
-            self.tmp,
-        ):
-            refuse_symlink(path)
+        areas = (self.root / RELEASE_DIR_NAME, self.staging, self.partial)
+        for path in (*areas, self.manifests, self.reports, self.tmp):
+            self.ensure_dir(path)
+        if os.path.lexists(self.trust_root_path.parent):
+            self.ensure_dir(self.trust_root_path.parent)
+        for area in areas:
+            with os.scandir(area) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        raise _symlink_error(Path(entry.path))
+
+    def ensure_dir(self, path: Path) -> Path:
+        """Prove ``path`` a real directory inside the root, creating what is missing.
+
+        Every component below the root is checked with ``lstat`` before anything is created
+        under it, so a planted symlink (or a file where a directory belongs) is refused before
+        a single byte is written through it; raises ``LocalStoreError`` (exit 7).
+        """
+        try:
+            parts = path.relative_to(self.root).parts
+        except ValueError:
+            raise LocalStoreError(f"{path}: outside the tree {self.root}; refusing") from None
+        current = self.root
+        for part in parts:
+            if part in ("..", "."):
+                raise LocalStoreError(f"{path}: not a plain path inside the tree; refusing")
+            current = current / part
+            try:
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                try:
+                    os.mkdir(current)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise LocalStoreError(f"{current}: cannot create: {exc.strerror}") from exc
+                mode = os.lstat(current).st_mode
+            except OSError as exc:
+                raise LocalStoreError(f"{current}: {exc.strerror}") from exc
+            if stat.S_ISLNK(mode):
+                raise _symlink_error(current)
+            if not stat.S_ISDIR(mode):
+                raise LocalStoreError(f"{current}: not a directory; refusing to write through it")
+        return path
 
     def sweep(self) -> None:
         """Remove leftovers of killed runs that no later step would reuse (under the lock)."""
@@ -144,8 +178,8 @@ class Store:
     @contextmanager
     def lock(self, *, wait_s: float = 0.0) -> Iterator[None]:
         """Hold the tree's exclusive lock; raise ``LockHeldError`` after ``wait_s``."""
+        self.ensure_dir(self.state)
         try:
-            self.state.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             handle = os.fdopen(fd, "r+")
         except OSError as exc:
@@ -222,6 +256,8 @@ class Store:
 
     def save_manifest(self, manifest: Manifest) -> None:
         manifest.updated_at = time.time()
+        self.ensure_dir(self.manifests)
+        self.ensure_dir(self.tmp)
         write_atomic(
             self.manifest_path(manifest.version), manifest.to_json().encode(), tmp_dir=self.tmp
         )
@@ -242,50 +278,37 @@ class Store:
         return self.staging / f"{version}.journal"
 
     def load_journal(self, version: str) -> dict[str, FileRecord]:
-        """Staged and verified files of ``version`` that are still on disk at their size."""
-        records: dict[str, FileRecord] = {}
-        try:
-            lines = self.journal_path(version).read_text().splitlines()
-        except FileNotFoundError:
-            return records
-        except OSError as exc:
-            raise LocalStoreError(f"{self.journal_path(version)}: {exc.strerror}") from exc
-        for line in lines:
-            try:
-                entry = json.loads(line)
-                records[RelPath(entry["path"])] = FileRecord.from_json(entry["record"])
-            except Exception:
-                continue
+        """Staged and verified files of ``version`` that are still on disk at their size
+        (see ``journal.py``: damaged lines are skipped, never fatal)."""
         return {
             p: r
-            for p, r in records.items()
+            for p, r in read_journal(self.journal_path(version)).items()
             if _size_or_none(self.staged_path(version, RelPath(p))) == r.size
         }
 
     def journal(self, version: str, records: dict[str, FileRecord]) -> None:
         """Append staged records durably (called once the files themselves are fsynced)."""
-        path = self.journal_path(version)
-        lines = "".join(
-            json.dumps({"path": p, "record": r.to_json()}) + "\n" for p, r in records.items()
-        )
-        try:
-            with open(path, "a") as handle:
-                handle.write(lines)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            raise LocalStoreError(f"{path}: cannot write: {exc.strerror}") from exc
+        self.ensure_dir(self.staging)
+        append_journal(self.journal_path(version), records)
+
+    def discard_staged(self, version: str, paths: Iterable[str]) -> None:
+        """Forget staged files that failed their re-check (the journal keeps stale lines;
+        ``load_journal`` drops them once the file is gone or replaced)."""
+        for rel in paths:
+            self.staged_path(version, RelPath(rel)).unlink(missing_ok=True)
 
     # -- staging and promotion ---------------------------------------------------------------
 
     def stage_bytes(self, version: str, relpath: RelPath, data: bytes) -> None:
+        self.ensure_dir(self.staged_path(version, relpath).parent)
+        self.ensure_dir(self.tmp)
         write_atomic(self.staged_path(version, relpath), data, tmp_dir=self.tmp)
 
     def stage_download(self, version: str, relpath: RelPath, part: Path) -> None:
         """Move a complete, verified partial download to its staged place."""
         target = self.staged_path(version, relpath)
+        self.ensure_dir(target.parent)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(part, target)
             part.with_name(part.name + ".meta").unlink(missing_ok=True)
             fsync_dir(target.parent)
@@ -347,17 +370,18 @@ class Store:
         are renamed in, companions before the primaries they vouch for. Returns the new
         manifest.
         """
+        touched: set[Path] = set()
+        ordered = promotion_order(records)
+        # Every directory is proven real (no planted symlink leading outside the release)
+        # before the manifest grows or anything is renamed.
+        for relpath in ordered:
+            self.ensure_dir(self.tree_path(manifest.version, relpath).parent)
+            self.ensure_dir((staged_dir / relpath).parent)
         grown = manifest.merged(records)
         self.save_manifest(grown)
-        touched: set[Path] = set()
-        release = os.path.realpath(self.release_dir(manifest.version))
-        for relpath in promotion_order(records):
+        for relpath in ordered:
             target = self.tree_path(manifest.version, relpath)
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                # A planted symlinked directory inside the release must not lead outside it.
-                if os.path.commonpath([release, os.path.realpath(target.parent)]) != release:
-                    raise LocalStoreError(f"{target.parent}: leads outside the tree; refusing")
                 os.replace(staged_dir / relpath, target)
             except OSError as exc:
                 raise LocalStoreError(f"{target}: cannot promote: {exc.strerror}") from exc
@@ -370,9 +394,16 @@ class Store:
         """Make a fully staged release visible with one directory rename, its manifest
         first (its files were fsynced when staged; its directories are fsynced here)."""
         version = manifest.version
-        self.save_manifest(manifest)
-        source = staged_dir
+        source = self.ensure_dir(staged_dir)
+        self.ensure_dir(self.root / RELEASE_DIR_NAME)
         target = self.release_dir(version)
+        if os.path.lexists(target):
+            raise LocalStoreError(f"{target}: already exists; refusing to replace a release")
+        for dirpath, dirnames, _ in os.walk(source):
+            for name in dirnames:
+                if os.path.islink(os.path.join(dirpath, name)):
+                    raise _symlink_error(Path(dirpath, name))
+        self.save_manifest(manifest)
         try:
             for dirpath, _, _ in os.walk(source, topdown=False):
                 fsync_dir(Path(dirpath))
@@ -471,6 +502,7 @@ class Store:
             elif (problem := self.marker_move_problem(name, version)) is not None:
                 moves.refused[name] = problem
             else:
+                self.ensure_dir((self.root / marker_path(name)).parent)
                 write_atomic(self.root / marker_path(name), version.encode(), tmp_dir=self.tmp)
                 moves.moved[name] = version
         return moves
@@ -500,13 +532,22 @@ class Store:
         """Store the trust root (before any bundle that needs it); False if unchanged."""
         if self.trust_root() == data:
             return False
+        self.ensure_dir(self.trust_root_path.parent)
+        self.ensure_dir(self.tmp)
         write_atomic(self.trust_root_path, data, tmp_dir=self.tmp)
         return True
 
 
 def refuse_symlink(path: Path) -> None:
     if path.is_symlink():
-        raise LocalStoreError(f"{path}: is a symlink; refusing to write through it")
+        raise _symlink_error(path)
+
+
+def _symlink_error(path: Path) -> LocalStoreError:
+    return LocalStoreError(
+        f"{path}: is a symlink; refusing to write through it (it may lead outside the tree)",
+        hint="k8s-mirror writes only into real directories inside the tree; remove the link",
+    )
 
 
 def _size_or_none(path: Path) -> int | None:

@@ -267,6 +267,23 @@ class Upstream:
             yield response
 
 
+def salvage_buffered(content: aiohttp.StreamReader) -> bytes:
+    """What the client had received of a body before its connection broke, which aiohttp
+    would drop: once a stream holds an exception, every read raises at once, buffered bytes
+    or not. Uses one private attribute (``_exception``), pinned by a test, so an aiohttp
+    upgrade that changes it fails in one place; returns b"" if anything is unexpected."""
+    failure = content.exception()
+    if failure is None or not hasattr(content, "_exception"):
+        return b""
+    try:
+        content._exception = None
+        return content.read_nowait()
+    except Exception:
+        return b""
+    finally:
+        content.set_exception(failure)
+
+
 async def sleep_s(seconds: float) -> None:
     """Backoff sleeps in one place, so a test can see the schedule in the code that runs."""
     await asyncio.sleep(seconds)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from mirror.demo.hostile import HOSTILE_FAULTS, misbehave
 from mirror.demo.release import (
     PLATFORM_MATRIX,
     UpstreamTree,
@@ -57,6 +58,8 @@ class Fault:
         (ended early when the client goes away), then the rest;
       - ``"reset"``: TCP RST, no response (``ClientOSError``); ``"disconnect"``: FIN, no
         response (``ServerDisconnectedError``);
+      - one of ``hostile.HOSTILE_FAULTS`` (trickle, endless body, lying Content-Length,
+        redirect loop, gzip bomb): see ``mirror/demo/hostile.py``;
       - an HTTP status ``"400"``-``"599"``: that status with a short body; ``"429"`` carries
         ``Retry-After: retry_after_s`` by default, other statuses only if it is set.
     """
@@ -68,7 +71,7 @@ class Fault:
     extra_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        known = BODY_FAULTS | CONNECTION_FAULTS
+        known = BODY_FAULTS | CONNECTION_FAULTS | HOSTILE_FAULTS
         if self.kind not in known and not _STATUS_RE.match(self.kind):
             raise ValueError(f"unknown fault {self.kind!r}: one of {sorted(known)} or 4xx/5xx")
 
@@ -224,6 +227,11 @@ class FakeDl:
             return web.Response(status=404, body=_NOT_FOUND, content_type="application/xml")
 
         planned = self._plan(request, key, data)
+        if fault is not None and fault.kind in HOSTILE_FAULTS and method == "GET":
+            self._record(request, key, 200, fault)
+            interval_s = self.faults.stall_s if fault.stall_s is None else fault.stall_s
+            headers = self._validators(key, data)
+            return await misbehave(fault.kind, request, headers, data, interval_s)
         if fault is not None and fault.kind == "oversize":
             extra = self.faults.extra_bytes if fault.extra_bytes is None else fault.extra_bytes
             planned = _Planned(200, self._validators(key, data), data + b"\0" * extra)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from mirror.errors import ConfigError, IntegrityError, LocalStoreError
+from mirror.statefile import StateFormatError, parse_json
 from mirror.store import fsync_dir
 from mirror.transfer.export import Exporter, ExportResult, check_root
 from mirror.transfer.members import ARCHIVE_END
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = {".tar": "", ".tar.gz": "gz", ".tgz": "gz", ".tar.xz": "xz", ".txz": "xz"}
 END_RECORD_FORMAT = 1
+END_RECORD_MAX_BYTES = 64 << 20
 _FETCH_TMP_TAG = ".k8s-mirror-fetch-"
 
 
@@ -101,9 +103,9 @@ def check_end_record(
     try:
         listed = {
             item["path"]: (int(item["size"]), str(item["sha256"]))
-            for item in json.loads(record)["members"]
+            for item in parse_json(record, "end record", max_bytes=END_RECORD_MAX_BYTES)["members"]
         }
-    except (ValueError, KeyError, TypeError) as exc:
+    except (StateFormatError, ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"{source}: unreadable end record: {exc}") from None
     if set(listed) != set(read):
         missing = sorted(set(listed) - set(read))

@@ -10,7 +10,6 @@ manifest and file times that errs towards carrying more.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import stat
 import time
@@ -23,11 +22,20 @@ from mirror import catalog
 from mirror.catalog import RelPath
 from mirror.errors import ConfigError, IntegrityError, LocalStoreError
 from mirror.layout import RELEASE_DIR_NAME, TRUST_ROOT_RELPATH
+from mirror.statefile import StateFormatError, read_json_file
 from mirror.store import Manifest, Store
 from mirror.transfer.members import manifest_member, release_member
 from mirror.transfer.parts import DEFAULT_MAX_PART_BYTES, PartSink
 from mirror.transfer.tarstream import TarWriter, write_stream
-from mirror.transfer.toc import TOC_NAME, Entry, TocRelease, iso_time, load_state, write_toc
+from mirror.transfer.toc import (
+    MAX_TOC_BYTES,
+    TOC_NAME,
+    Entry,
+    TocRelease,
+    iso_time,
+    load_state,
+    write_toc,
+)
 
 MAX_TRUST_ROOT_BYTES = 16 << 20
 
@@ -59,8 +67,8 @@ def parse_since(text: str) -> Since:
     if not path.is_file():
         return Since(text, timestamp=_parse_time(text, text))
     try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
+        data = read_json_file(path, max_bytes=MAX_TOC_BYTES)
+    except (OSError, StateFormatError) as exc:
         raise ConfigError(f"{path}: unreadable: {exc}", source="--since") from None
     state = load_state(path, data)
     if state is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mirror.check import BindingPolicy
 from mirror.config import IdentityConfig
-from mirror.errors import ConfigError
+from mirror.errors import ConfigError, IntegrityError
 from mirror.store import Store
 from mirror.transfer.archive import archive_compression
 from mirror.transfer.check import choose_trust_root, verify_staged
@@ -90,4 +90,12 @@ def import_set(
             promote(store, staging, carried.plan, carried.markers, trust, result)
         finally:
             staging.close()
+    if result.markers_refused:
+        # The releases are in (they verified); the markers keep their values, and a set that
+        # tried to move one outside its series or backwards fails the import, as a sync would.
+        name, problem = next(iter(result.markers_refused.items()))
+        raise IntegrityError(
+            f"{source}: marker {name} not moved: {problem}",
+            hint="the set's releases were imported; its markers were not",
+        )
     return result

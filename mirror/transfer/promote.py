@@ -32,6 +32,8 @@ class ImportResult:
     files_present: int = 0
     markers_moved: dict[str, str] = field(default_factory=dict)
     markers_skipped: dict[str, str] = field(default_factory=dict)
+    markers_refused: dict[str, str] = field(default_factory=dict)
+    """Not moved, with why: outside its series or backwards (the import then exits 5)."""
     trust_root_written: bool = False
 
     @property
@@ -70,8 +72,8 @@ def promote(
         log.warning("marker %s not moved: release/%s is not complete here", marker, version)
         result.markers_skipped[marker] = version
     for marker, problem in moves.refused.items():
-        log.warning("marker %s not moved: %s", marker, problem)
-        result.markers_skipped[marker] = markers[marker]
+        log.error("marker %s not moved: %s", marker, problem)
+        result.markers_refused[marker] = problem
     for marker, version in moves.moved.items():
         result.markers_moved[marker] = version
         log.info("marker %s -> %s", marker, version)

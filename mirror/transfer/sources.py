@@ -16,7 +16,6 @@ source the files came from.
 
 from __future__ import annotations
 
-import json
 import lzma
 import tarfile
 import zlib
@@ -27,6 +26,7 @@ from typing import Protocol
 from mirror import catalog
 from mirror.digest import digest_bytes
 from mirror.errors import ConfigError, IntegrityError, MirrorError
+from mirror.statefile import StateFormatError, parse_json
 from mirror.store import Manifest
 from mirror.transfer.archive import check_end_record
 from mirror.transfer.members import (
@@ -104,9 +104,9 @@ class _Members:
             raise IntegrityError(f"{info.name}: truncated in the stream")
         if member.kind is MemberKind.MANIFEST:
             try:
-                parsed = json.loads(data)
-            except ValueError:
-                raise IntegrityError(f"{info.name}: not JSON") from None
+                parsed = parse_json(data, info.name, max_bytes=MAX_MEMBER_BYTES[member.kind])
+            except StateFormatError as exc:
+                raise IntegrityError(str(exc)) from None
             self.manifests[member.version] = parse_carried_manifest(
                 info.name, member.version, parsed
             )

@@ -20,6 +20,7 @@ from typing import Any
 
 from mirror import __version__, catalog
 from mirror.errors import ConfigError, IntegrityError, LocalStoreError, UnsafePathError
+from mirror.statefile import StateFormatError, parse_json
 from mirror.store import Manifest, write_atomic
 from mirror.transfer.members import MemberKind, classify_member
 
@@ -202,11 +203,11 @@ def _load_document(path: Path) -> dict[str, Any]:
     try:
         if path.stat().st_size > MAX_TOC_BYTES:
             raise _bad_toc(path, "implausibly large")
-        data = json.loads(path.read_bytes())
+        data = parse_json(path.read_bytes(), str(path), max_bytes=MAX_TOC_BYTES)
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}", source="import") from None
-    except ValueError as exc:
-        raise _bad_toc(path, f"not JSON ({exc})") from None
+    except StateFormatError as exc:
+        raise _bad_toc(path, str(exc).removeprefix(f"{path}: ")) from None
     if not isinstance(data, dict) or data.get("kind") != TOC_KIND:
         raise _bad_toc(path, "not a k8s-mirror transfer set")
     if data.get("format") != TOC_FORMAT:
