@@ -25,9 +25,6 @@ Invariants kept here:
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import os
 import shutil
 import stat
@@ -37,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mirror.atomic import fsync_dir, write_atomic
 from mirror.catalog import (
     RelPath,
     Version,
@@ -45,9 +43,10 @@ from mirror.catalog import (
     marker_path,
     marker_series_problem,
 )
-from mirror.errors import LocalStoreError, LockHeldError
+from mirror.errors import LocalStoreError
 from mirror.journal import append_journal, read_journal
 from mirror.layout import RELEASE_DIR_NAME, TRUST_ROOT_RELPATH, state_dir
+from mirror.lock import exclusive_lock
 from mirror.manifest import FileRecord, Manifest, promotion_order
 
 __all__ = ["FileRecord", "Manifest", "MarkerMoves", "Store", "fsync_dir", "write_atomic"]
@@ -66,33 +65,6 @@ class MarkerMoves:
     """Not moved: the release it would name is not complete in the tree."""
     refused: dict[str, str] = field(default_factory=dict)
     """Not moved, with why: outside its series or backwards."""
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:
-    """Write ``data`` to ``path`` via a fsynced temp file and a rename; fsync the directory."""
-    tmp_parent = tmp_dir or path.parent
-    tmp = tmp_parent / f".tmp-{os.getpid()}-{time.monotonic_ns()}-{path.name}"
-    try:
-        tmp_parent.mkdir(parents=True, exist_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as exc:
-        with contextlib.suppress(OSError):  # read-only media refuse even this
-            tmp.unlink(missing_ok=True)
-        raise LocalStoreError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 
 
 class Store:
@@ -179,37 +151,8 @@ class Store:
     def lock(self, *, wait_s: float = 0.0) -> Iterator[None]:
         """Hold the tree's exclusive lock; raise ``LockHeldError`` after ``wait_s``."""
         self.ensure_dir(self.state)
-        try:
-            fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-            handle = os.fdopen(fd, "r+")
-        except OSError as exc:
-            raise LocalStoreError(f"{self.state / 'lock'}: {exc.strerror}") from exc
-        deadline = time.monotonic() + wait_s
-        try:
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                        raise LocalStoreError(f"{handle.name}: {exc.strerror}") from exc
-                    if time.monotonic() >= deadline:
-                        handle.seek(0)
-                        holder = handle.read().strip() or "another process"
-                        raise LockHeldError(
-                            f"{self.root}: another k8s-mirror run holds the lock ({holder})",
-                            hint="wait for it, or pass --wait SECONDS",
-                        ) from None
-                    time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-            handle.seek(0)
-            handle.truncate()
-            handle.write(
-                f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
-            )
-            handle.flush()
+        with exclusive_lock(self.state / "lock", owner=str(self.root), wait_s=wait_s):
             yield
-        finally:
-            handle.close()
 
     # -- paths -------------------------------------------------------------------------------
 

@@ -42,6 +42,22 @@ log = logging.getLogger("mirror.cli")
     help="Serve the tree below this URL path only, e.g. /dl.k8s.io for kubespray's files_repo.",
 )
 @click.option("--index/--no-index", default=False, help="Simple directory index pages.")
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 100_000),
+    default=512,
+    show_default=True,
+    help="Open connections at once; more are closed at once (keep below LimitNOFILE).",
+)
+@click.option(
+    "--idle-timeout",
+    "idle_timeout_s",
+    type=click.FloatRange(0.1, 3600),
+    default=15.0,
+    show_default=True,
+    help="Close a connection that starts no request for this many seconds (new, or after a "
+    "response): idle and half-sent requests cannot pile up.",
+)
 @logging_options
 def serve(
     root: Path,
@@ -49,6 +65,8 @@ def serve(
     port: int,
     prefix: str,
     index: bool,
+    max_connections: int,
+    idle_timeout_s: float,
     verbose: int,
     quiet: bool,
     log_format: str,
@@ -64,7 +82,15 @@ def serve(
         except ValueError as exc:
             fail(ConfigError(str(exc), source="--prefix"))
     try:
-        serve_tree(root, host=host, port=port, index_pages=index, prefix=prefix)
+        serve_tree(
+            root,
+            host=host,
+            port=port,
+            index_pages=index,
+            prefix=prefix,
+            max_connections=max_connections,
+            idle_timeout_s=idle_timeout_s,
+        )
     except ValueError as exc:
         fail(ConfigError(str(exc), source="--root"))
     except MirrorError as exc:

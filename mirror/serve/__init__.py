@@ -67,6 +67,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from mirror.errors import PortInUseError
+from mirror.serve.guard import ConnectionGuard, OneLineBadRequests
 from mirror.serve.headers import (
     ALLOWED_METHODS,
     CACHE_MOVING,
@@ -98,6 +99,10 @@ _T = TypeVar("_T")
 
 
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 5.0
+DEFAULT_MAX_CONNECTIONS: Final = 512
+"""Open connections at once; the serve unit's LimitNOFILE leaves room for files and more."""
+DEFAULT_IDLE_TIMEOUT_S: Final = 15.0
+"""How long a connection may sit without starting a request (new, or after a response)."""
 """Seconds in-flight requests get to finish after SIGTERM/SIGINT before being cut off."""
 
 
@@ -389,11 +394,29 @@ def make_app(root: Path, *, index_pages: bool = False, prefix: str = "") -> web.
     """
     components = parse_prefix(prefix) if prefix else ()
     real_root = _validated_root(root)
-    app = web.Application(middlewares=[_access_log])
+    app = web.Application(middlewares=[_access_log, _guarded])
     handler = _Handler(real_root, index_pages=index_pages, prefix=components)
     # One catch-all route: every path goes through the same validation in _Handler.
     app.router.add_route("*", "/{tail:.*}", handler.handle)
     return app
+
+
+GUARD: Final = web.AppKey("guard", ConnectionGuard)
+
+
+@web.middleware
+async def _guarded(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """While a request runs, its connection's idle deadline is off (``guard.py``)."""
+    guard = request.app.get(GUARD)
+    if guard is None:
+        return await handler(request)
+    guard.request_started(request.transport)
+    try:
+        return await handler(request)
+    finally:
+        guard.request_ended(request.transport)
 
 
 def _url(host: str, port: int) -> str:
@@ -401,30 +424,51 @@ def _url(host: str, port: int) -> str:
 
 
 async def _run(
-    app: web.Application, root: Path, host: str, port: int, shutdown_timeout: float
+    app: web.Application,
+    root: Path,
+    host: str,
+    port: int,
+    shutdown_timeout: float,
+    guard: ConnectionGuard,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # Installed first, so a signal that arrives while binding still means "shut down cleanly".
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    app[GUARD] = guard
+    loop.set_exception_handler(guard.loop_exception)
+    logging.getLogger("aiohttp.server").addFilter(OneLineBadRequests())
     # access_log=None: the middleware logs every request itself (with body bytes and time).
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=guard.idle_timeout_s,
+    )
+    listener: asyncio.Server | None = None
     try:
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            # The guard wraps aiohttp's own protocol factory (a TCPSite, but guarded).
+            assert runner.server is not None  # set by setup()
+            listener = await loop.create_server(
+                guard.factory(runner.server), host, port, reuse_address=True, backlog=1024
+            )
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(host, port) from None
             raise
-        for address in runner.addresses:
+        for sock in listener.sockets:
+            address = sock.getsockname()
             log.info("serving %s read-only at %s", root, _url(address[0], address[1]))
         await stop.wait()
         log.info("shutting down: finishing in-flight requests (up to %gs)", shutdown_timeout)
     finally:
         # Stops listening, closes idle keep-alive connections, waits up to shutdown_timeout for
         # running handlers, then cancels what is left. A second signal meanwhile is ignored.
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
@@ -439,6 +483,8 @@ def serve(
     index_pages: bool = False,
     prefix: str = "",
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
 ) -> None:
     """Serve ``root`` read-only on ``host:port`` until SIGTERM or SIGINT, then return.
 
@@ -451,4 +497,5 @@ def serve(
     be bound otherwise.
     """
     app = make_app(root, index_pages=index_pages, prefix=prefix)
-    asyncio.run(_run(app, root, host, port, shutdown_timeout))
+    guard = ConnectionGuard(max_connections=max_connections, idle_timeout_s=idle_timeout_s)
+    asyncio.run(_run(app, root, host, port, shutdown_timeout, guard))
