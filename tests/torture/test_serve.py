@@ -1,6 +1,7 @@
-"""``k8s-mirror serve`` under idle, half-sent, malformed and too many connections, as the real
-installed command on 127.0.0.1: idle sockets are closed, the cap holds, a real client still
-gets its file, and a malformed request is one answer, not a traceback."""
+"""``k8s-mirror serve`` under idle, half-sent, malformed and too many connections, and under
+clients reading while a sync promotes into the tree, as the real installed command on
+127.0.0.1: idle sockets are closed, the cap holds, a real client still gets its file, a
+malformed request is one answer, not a traceback, and nothing partial is ever served."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
+
+from tests.conftest import Env
+
+pytestmark = pytest.mark.torture
 
 PROGRAM = str(Path(sys.executable).parent / "k8s-mirror")
 FILE = "release/v1.34.2/bin/linux/amd64/kubectl"
@@ -111,3 +117,31 @@ async def test_a_malformed_request_is_one_answer_not_a_traceback(tmp_path: Path)
             writer.close()
         assert await get(host, port) == (200, b"kubectl bytes")
     assert not any("Traceback" in line for line in lines), "".join(lines)
+
+
+async def test_clients_reading_during_promotion_get_whole_files_or_404(env: Env) -> None:
+    """200 readers while a sync adds a platform to the served release: every answer is a 404
+    (not promoted yet) or exactly the upstream bytes, never a partial or a staged file."""
+    assert (await env.sync()).exit_code == 0
+    arm = "release/v1.34.2/bin/linux/arm64/kubectl"
+    expected = env.tree.files[arm]
+    answers: list[tuple[int, bytes]] = []
+    async with serving(env.root) as (host, port, _):
+        done = asyncio.Event()
+
+        async def reader(session: aiohttp.ClientSession) -> None:
+            while not done.is_set():
+                async with session.get(f"http://{host}:{port}/{arm}") as response:
+                    answers.append((response.status, await response.read()))
+
+        connector = aiohttp.TCPConnector(limit=50)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            readers = [asyncio.create_task(reader(session)) for _ in range(200)]
+            report = await env.sync(select={"platforms": ["linux/amd64", "linux/arm64"]})
+            await asyncio.sleep(0.2)
+            done.set()
+            await asyncio.gather(*readers)
+    assert report.exit_code == 0, report.failures
+    assert {status for status, _ in answers} <= {200, 404}
+    assert all(body == expected for status, body in answers if status == 200)
+    assert any(status == 200 for status, _ in answers)
