@@ -18,7 +18,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from mirror.catalog import RelPath
 from mirror.config import TreeConfig
 from mirror.errors import LocalStoreError, PruneGuardError
 from mirror.store import Store
@@ -86,10 +88,35 @@ def execute_prune(store: Store, plan: PrunePlan) -> None:
         for version in plan.releases:
             store.remove_release(version)
         for version, paths in plan.files.items():
-            store.remove_files(version, paths)
+            _remove_files(store, version, paths)
     except OSError as exc:
         raise LocalStoreError(f"prune: {exc.filename}: {exc.strerror}") from exc
 
 
 def _count_files(store: Store, version: str) -> int:
     return sum(len(files) for _, _, files in os.walk(store.release_dir(version)))
+
+
+def _remove_files(store: Store, version: str, paths: Iterable[str]) -> None:
+    """Delete files of a release; the manifest forgets them only after they are gone."""
+    manifest = store.load_manifest(version)
+    touched = set()
+    for rel in paths:
+        target = store.tree_path(version, RelPath(rel))
+        target.unlink(missing_ok=True)
+        touched.add(target.parent)
+    for directory in touched:
+        _remove_empty_dirs(directory, store.release_dir(version))
+    for rel in paths:
+        manifest.files.pop(rel, None)
+    store.save_manifest(manifest)
+
+
+def _remove_empty_dirs(directory: Path, stop: Path) -> None:
+    current = os.fspath(directory)
+    while os.path.abspath(current) != os.path.abspath(stop):
+        try:
+            os.rmdir(current)
+        except OSError:
+            return
+        current = os.path.dirname(current)

@@ -384,20 +384,6 @@ class Store:
         self.manifest_path(version).unlink(missing_ok=True)
         shutil.rmtree(graveyard)
 
-    def remove_files(self, version: str, paths: Iterable[str]) -> None:
-        """Delete files of a release; the manifest forgets them only after they are gone."""
-        manifest = self.load_manifest(version)
-        touched = set()
-        for rel in paths:
-            target = self.tree_path(version, RelPath(rel))
-            target.unlink(missing_ok=True)
-            touched.add(target.parent)
-        for directory in touched:
-            _remove_empty_dirs(directory, self.release_dir(version))
-        for rel in paths:
-            manifest.files.pop(rel, None)
-        self.save_manifest(manifest)
-
     # -- markers and other tree files --------------------------------------------------------
 
     def read_marker(self, name: str) -> str | None:
@@ -498,13 +484,3 @@ def _size_or_none(path: Path) -> int | None:
         return path.stat().st_size
     except OSError:
         return None
-
-
-def _remove_empty_dirs(directory: Path, stop: Path) -> None:
-    current = os.fspath(directory)
-    while os.path.abspath(current) != os.path.abspath(stop):
-        try:
-            os.rmdir(current)
-        except OSError:
-            return
-        current = os.path.dirname(current)

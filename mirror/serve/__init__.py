@@ -67,7 +67,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from mirror.errors import PortInUseError
-from mirror.serve.guard import ConnectionGuard, OneLineBadRequests
+from mirror.serve.guard import GUARD, ConnectionGuard, OneLineBadRequests, guarded
 from mirror.serve.headers import (
     ALLOWED_METHODS,
     CACHE_MOVING,
@@ -394,29 +394,11 @@ def make_app(root: Path, *, index_pages: bool = False, prefix: str = "") -> web.
     """
     components = parse_prefix(prefix) if prefix else ()
     real_root = _validated_root(root)
-    app = web.Application(middlewares=[_access_log, _guarded])
+    app = web.Application(middlewares=[_access_log, guarded])
     handler = _Handler(real_root, index_pages=index_pages, prefix=components)
     # One catch-all route: every path goes through the same validation in _Handler.
     app.router.add_route("*", "/{tail:.*}", handler.handle)
     return app
-
-
-GUARD: Final = web.AppKey("guard", ConnectionGuard)
-
-
-@web.middleware
-async def _guarded(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """While a request runs, its connection's idle deadline is off (``guard.py``)."""
-    guard = request.app.get(GUARD)
-    if guard is None:
-        return await handler(request)
-    guard.request_started(request.transport)
-    try:
-        return await handler(request)
-    finally:
-        guard.request_ended(request.transport)
 
 
 def _url(host: str, port: int) -> str:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger("mirror.serve")
@@ -147,3 +148,21 @@ class _GuardedProtocol(asyncio.Protocol):
             return  # refused at the cap: the inner handler never saw it
         self.guard.active.pop(self.transport, None)
         self.inner.connection_lost(exc)
+
+
+GUARD = web.AppKey("guard", ConnectionGuard)
+
+
+@web.middleware
+async def guarded(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """While a request runs, its connection's idle deadline is off (``guard.py``)."""
+    guard = request.app.get(GUARD)
+    if guard is None:
+        return await handler(request)
+    guard.request_started(request.transport)
+    try:
+        return await handler(request)
+    finally:
+        guard.request_ended(request.transport)
