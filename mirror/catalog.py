@@ -19,6 +19,10 @@ SIGNATURE_SIDECARS = (".sig", ".cert")
 SUMS_FILES = ("SHA256SUMS", "SHA512SUMS")
 OPTIONAL_RELEASE_FILES = ("provenance.json", "release-notes.json", "announcement.html")
 HEX_LENGTH = {"sha256": 64, "sha512": 128}
+MARKER_MAX_BYTES = 64
+"""A marker holds a bare version string; anything longer is not one."""
+SIDECAR_MAX_BYTES = 256
+"""A digest sidecar holds bare hex; anything longer is not one."""
 KNOWN_OSES = ("linux", "darwin", "windows")
 
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -25,7 +25,6 @@ from mirror.layout import BUNDLE_SUFFIX
 from mirror.manifest import Manifest
 from mirror.verify import BUNDLE_MAX_BYTES, CERT_MAX_BYTES, SIG_MAX_BYTES
 
-SIDECAR_MAX_BYTES = 256
 _LIMITS = {".sig": SIG_MAX_BYTES, ".cert": CERT_MAX_BYTES, BUNDLE_SUFFIX: BUNDLE_MAX_BYTES}
 
 
@@ -102,7 +101,9 @@ def _digest_sidecars(planned: PlannedFile) -> tuple[RelPath, ...]:
 
 async def _digest_sidecar(fetcher: Fetcher, planned: PlannedFile, sidecar: RelPath) -> bytes:
     path = f"release/{planned.version}/{sidecar}"
-    body = await fetcher.bytes(fetcher.upstream.release_url(path), max_bytes=SIDECAR_MAX_BYTES)
+    body = await fetcher.bytes(
+        fetcher.upstream.release_url(path), max_bytes=catalog.SIDECAR_MAX_BYTES
+    )
     algo = sidecar.rpartition(".")[2]
     try:
         text = body.decode("ascii")

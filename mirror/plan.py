@@ -47,8 +47,6 @@ DOCKER_TAG_MAX_BYTES = 4 << 10
 KNOWN_SIZE_FACTOR = 4
 KNOWN_SIZE_RELEASES = 4
 KNOWN_SIZE_SLACK_BYTES = 16 << 20
-SIDECAR_MAX_BYTES = 256
-MARKER_MAX_BYTES = 64
 UNSIGNED_HINT = (
     "to mirror them with checksum verification only, "
     'set [verify] unsigned_releases = "checksums-only"'
@@ -164,7 +162,7 @@ async def determine(
         path = str(catalog.marker_path(entry))
         try:
             body = await fetcher.text(
-                fetcher.upstream.release_url(path), max_bytes=MARKER_MAX_BYTES
+                fetcher.upstream.release_url(path), max_bytes=catalog.MARKER_MAX_BYTES
             )
             version = catalog.parse_marker_body(entry, body)
         except MirrorError as exc:
@@ -239,7 +237,7 @@ async def _fetch_sums(
         digests = digest_bytes(body)
         for algo in ("sha256", "sha512"):
             side = await fetcher.text(
-                fetcher.upstream.release_url(f"{base}.{algo}"), max_bytes=SIDECAR_MAX_BYTES
+                fetcher.upstream.release_url(f"{base}.{algo}"), max_bytes=catalog.SIDECAR_MAX_BYTES
             )
             expected = catalog.parse_sidecar(side, algo, f"{base}.{algo}")
             if getattr(digests, algo) != expected:

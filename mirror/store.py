@@ -36,6 +36,7 @@ from pathlib import Path
 
 from mirror.atomic import fsync_dir, write_atomic
 from mirror.catalog import (
+    MARKER_MAX_BYTES,
     RelPath,
     Version,
     is_marker,
@@ -51,7 +52,6 @@ from mirror.manifest import FileRecord, Manifest, promotion_order
 
 __all__ = ["FileRecord", "Manifest", "MarkerMoves", "Store", "fsync_dir", "write_atomic"]
 
-MARKER_MAX_BYTES = 64
 TRUST_ROOT_MAX_BYTES = 16 << 20
 
 
@@ -450,12 +450,14 @@ class Store:
         return self.root / TRUST_ROOT_RELPATH
 
     def trust_root(self) -> bytes | None:
-        """The trust root the tree's bundles were verified against, if it has one."""
+        """The trust root the tree's bundles were verified against, if it has one (None also
+        for an implausibly large file: never a silently truncated one)."""
         try:
             with open(self.trust_root_path, "rb") as handle:
-                return handle.read(TRUST_ROOT_MAX_BYTES)
+                data = handle.read(TRUST_ROOT_MAX_BYTES + 1)
         except OSError:
             return None
+        return data if len(data) <= TRUST_ROOT_MAX_BYTES else None
 
     def write_trust_root(self, data: bytes) -> bool:
         """Store the trust root (before any bundle that needs it); False if unchanged."""
