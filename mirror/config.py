@@ -30,7 +30,10 @@ MIB = 1024**2
 @dataclass(frozen=True)
 class UpstreamConfig:
     url: str = "https://dl.k8s.io"
-    concurrency: int = 8
+    concurrency: int = 32
+    """Requests in flight at once, across all files (a connection each: HTTP/1.1)."""
+    large_downloads: int = 8
+    """Of those, bodies over 1 MiB streaming at once (more only split the same link)."""
     retries: int = 5
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
@@ -255,6 +258,7 @@ class _Validator:
         return UpstreamConfig(
             url=self._url(t, "upstream.url", d.url),
             concurrency=self._int(t, "upstream.concurrency", d.concurrency, 1, 256),
+            large_downloads=self._int(t, "upstream.large_downloads", d.large_downloads, 1, 64),
             retries=self._int(t, "upstream.retries", d.retries, 0, 50),
             connect_timeout_s=self._float(
                 t, "upstream.connect_timeout_s", d.connect_timeout_s, 0.1, 600

@@ -120,11 +120,14 @@ class HashingWriter:
         for chunk in chunks:
             self.write(chunk)
 
-    def finish(self) -> Digests:
-        """Flush, fsync and close; the digests of the whole file."""
+    def finish(self, *, fsync: bool = False) -> Digests:
+        """Flush and close; the digests of the whole file. ``fsync`` also waits for the data
+        to reach the disk; without it the file is made durable later, by whoever renames it
+        somewhere that counts (the tree layer, ``store.py``)."""
         try:
             self.file.flush()
-            os.fsync(self.file.fileno())
+            if fsync:
+                os.fsync(self.file.fileno())
             self.file.close()
         except OSError as exc:
             raise LocalStoreError(f"{self.path}: cannot write: {exc.strerror}") from exc

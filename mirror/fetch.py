@@ -4,6 +4,9 @@ A download streams into a partial file in the state directory while sha256 and s
 computed in the same pass. Hashing and writing run in a worker thread with one job in flight
 per file, so the event loop keeps receiving the next chunk while the previous one is hashed
 and written (hashlib releases the GIL on large buffers, which puts the second core to work).
+A body that announces at most ``WHOLE_BODY_MAX_BYTES`` (sidecar-sized files, most of a
+release by count) is received whole and written and hashed in one worker call, with no resume
+metadata: for such a file the hops between threads, not the bytes, were the cost.
 
 Retry policy: connection errors, timeouts, truncated bodies and 408/429/5xx are retried with
 capped exponential backoff and full jitter, honouring ``Retry-After``; other 4xx are final. A
@@ -11,11 +14,21 @@ partial file is resumed with ``Range`` + ``If-Range`` (a 200 answer restarts fro
 ``Content-Range`` that does not start where we asked is treated as a restart). A digest
 mismatch discards the partial and is retried once from zero, then fails. The concurrency slot
 is held across retries, so a struggling server gets no more connections than configured.
+
+Two bounds: ``upstream.concurrency`` requests in flight (each file of a release costs about
+five round trips, mostly for small bodies, so on a link with latency the number in flight is
+what sets the pace), and of those ``upstream.large_downloads`` streaming a large body. A
+download expected to be large (its path is large in an earlier release) takes a large slot
+before it asks; one that learns from the answer's Content-Length that it is large takes a free
+large slot, or, with none free, drops the answer and asks again once it holds one (so no
+answer sits unread on a connection while others stream: a CDN would cut it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import random
@@ -42,6 +55,8 @@ from mirror.upstream import Upstream, raise_for_status, salvage_buffered, sleep_
 CHUNK_BYTES = 1 << 20
 SMALL_BODY_MAX_BYTES = 4 << 20
 """Markers, SUMS files, sidecars, certificates, Rekor answers: never legitimately this big."""
+WHOLE_BODY_MAX_BYTES = 1 << 20
+"""A download announcing at most this much is received whole, then written in one go."""
 
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -80,6 +95,10 @@ class Downloaded:
     sha512: str
     resumed_from_bytes: int
     attempts: int
+
+
+class _LargeBody(Exception):
+    """An answer turned out large while every large slot was taken: ask again holding one."""
 
 
 def _meta_path(part: Path) -> Path:
@@ -160,6 +179,7 @@ class Fetcher:
         self.config = config
         self.policy = RetryPolicy.from_config(config)
         self.slots = asyncio.Semaphore(config.concurrency)
+        self.large_slots = asyncio.Semaphore(config.large_downloads)
         self.executor = executor
         self.rng = rng or random.Random()
         self.retries_done = 0
@@ -218,6 +238,7 @@ class Fetcher:
         sha512: str,
         on_bytes: ProgressFn | None = None,
         max_bytes: int | None = None,
+        expect_large: bool = False,
     ) -> Downloaded:
         """Stream ``url`` into ``part`` until its digests match the expected ones.
 
@@ -229,12 +250,31 @@ class Fetcher:
         limit = self.config.max_file_size_bytes
         if max_bytes is not None:
             limit = min(limit, max_bytes)
-        async with self.slots:
+        try:
+            return await self._download(url, part, sha256, sha512, on_bytes, limit, expect_large)
+        except _LargeBody:
+            return await self._download(url, part, sha256, sha512, on_bytes, limit, True)
+
+    async def _download(
+        self,
+        url: str,
+        part: Path,
+        sha256: str,
+        sha512: str,
+        on_bytes: ProgressFn | None,
+        limit: int,
+        large: bool,
+    ) -> Downloaded:
+        async with contextlib.AsyncExitStack() as slots:
+            # The large slot first: waiting for it must not hold a slot small requests need.
+            if large:
+                await slots.enter_async_context(self.large_slots)
+            await slots.enter_async_context(self.slots)
             attempt = 0
             restarted_after_mismatch = False
             while True:
                 try:
-                    result = await self._attempt_in_time(url, part, on_bytes, limit)
+                    result = await self._attempt_in_time(url, part, on_bytes, limit, large)
                 except TransientError as exc:
                     attempt += 1
                     await self._backoff(attempt, exc)
@@ -264,22 +304,22 @@ class Fetcher:
                 attempt += 1
 
     async def _attempt_in_time(
-        self, url: str, part: Path, on_bytes: ProgressFn | None, limit: int
+        self, url: str, part: Path, on_bytes: ProgressFn | None, limit: int, large_held: bool
     ) -> Downloaded:
         """One attempt, within ``upstream.file_timeout_s`` if set (what arrived is kept)."""
         timeout_s = self.config.file_timeout_s
         if timeout_s <= 0:
-            return await self._attempt(url, part, on_bytes, limit)
+            return await self._attempt(url, part, on_bytes, limit, large_held)
         try:
             async with asyncio.timeout(timeout_s):
-                return await self._attempt(url, part, on_bytes, limit)
+                return await self._attempt(url, part, on_bytes, limit, large_held)
         except TimeoutError:
             raise TransientError(
                 f"{url}: not complete after {timeout_s:g} s (upstream.file_timeout_s)"
             ) from None
 
     async def _attempt(
-        self, url: str, part: Path, on_bytes: ProgressFn | None, limit: int
+        self, url: str, part: Path, on_bytes: ProgressFn | None, limit: int, large_held: bool
     ) -> Downloaded:
         loop = asyncio.get_running_loop()
         offset, validator = await loop.run_in_executor(self.executor, _resume_offset, part, url)
@@ -312,6 +352,9 @@ class Fetcher:
                 total = length if length is not None else -1
             if total > limit:
                 raise IntegrityError(f"{url}: {total} bytes, more than {_limit_name(self, limit)}")
+            whole = offset == 0 and 0 <= total <= WHOLE_BODY_MAX_BYTES
+            if not (whole or large_held) and self.large_slots.locked():
+                raise _LargeBody
             # A progress display that wants the size (a bytes bar's total) learns it here.
             expect_bytes = getattr(on_bytes, "expect_bytes", None)
             if expect_bytes is not None and total >= 0:
@@ -321,13 +364,55 @@ class Fetcher:
                 "etag": response.headers.get("ETag"),
                 "last_modified": response.headers.get("Last-Modified"),
             }
-            writer = await loop.run_in_executor(self.executor, _open_writer, part, offset, meta)
-            try:
-                await self._pump(url, response, writer, on_bytes, limit)
-                digests = await loop.run_in_executor(self.executor, writer.finish)
-            except BaseException:
-                writer.close()  # keeps what was written, for resume
-                raise
+            if whole:
+                chunks: list[bytes] = []
+                try:
+                    await _receive_whole(self, url, response, chunks, on_bytes, limit)
+                except (TransientError, IntegrityError):
+                    raise
+                except Exception:
+                    # Cut short: keep what arrived (and what the client still buffers) as a
+                    # partial with its resume metadata, like a streamed body.
+                    chunks.append(salvage_buffered(response.content))
+                    await asyncio.shield(
+                        loop.run_in_executor(self.executor, _keep_prefix, part, chunks, meta, limit)
+                    )
+                    raise
+                body = b"".join(chunks)
+                digests = await loop.run_in_executor(self.executor, _write_whole, part, body)
+                if digests.size_bytes != total:
+                    raise TransientError(f"{url}: got {digests.size_bytes} of {total} bytes")
+                return _downloaded(part, digests, 0)
+            async with contextlib.nullcontext() if large_held else self.large_slots:
+                return await self._stream_to_disk(
+                    url, response, part, offset, total, meta, on_bytes, limit
+                )
+
+    async def _stream_to_disk(
+        self,
+        url: str,
+        response: Any,
+        part: Path,
+        offset: int,
+        total: int,
+        meta: dict[str, Any],
+        on_bytes: ProgressFn | None,
+        limit: int,
+    ) -> Downloaded:
+        """A large body (or one of unknown size), into ``part`` from ``offset``."""
+        loop = asyncio.get_running_loop()
+        writer = await loop.run_in_executor(self.executor, _open_writer, part, offset, meta)
+        try:
+            await self._pump(url, response, writer, on_bytes, limit)
+            # A big file is flushed now, in its worker, while other downloads go on: left to
+            # the promotion's one flush, a release's gigabytes would reach the disk only after
+            # the last byte arrived, with nothing else to overlap.
+            digests = await loop.run_in_executor(
+                self.executor, functools.partial(writer.finish, fsync=True)
+            )
+        except BaseException:
+            writer.close()  # keeps what was written, for resume
+            raise
         if total >= 0 and digests.size_bytes != total:
             raise TransientError(f"{url}: got {digests.size_bytes} of {total} bytes")
         return _downloaded(part, digests, offset)
@@ -395,6 +480,47 @@ class Fetcher:
                 await asyncio.shield(loop.run_in_executor(self.executor, writer.write_all, batch))
 
 
+async def _receive_whole(
+    fetcher: Fetcher,
+    url: str,
+    response: Any,
+    chunks: list[bytes],
+    on_bytes: ProgressFn | None,
+    limit: int,
+) -> None:
+    """A small body into ``chunks``, under the same size and rate rules as a streamed one."""
+    received = 0
+    guard = RateGuard(
+        fetcher.config.min_rate_bytes_per_s, fetcher.config.min_rate_window_s, time.monotonic()
+    )
+    while True:
+        chunk, end_of_http_chunk = await response.content.readchunk()
+        if not chunk:
+            if end_of_http_chunk:
+                continue  # a chunked body's chunk boundary, not the end of the body
+            return
+        received += len(chunk)
+        if received > limit:
+            raise IntegrityError(f"{url}: body exceeds {_limit_name(fetcher, limit)}")
+        if (rate := guard.too_slow(len(chunk), time.monotonic())) is not None:
+            raise TransientError(f"{url}: {rate:.0f} bytes/s, below upstream.min_rate_bytes_per_s")
+        chunks.append(chunk)
+        if on_bytes is not None:
+            on_bytes(len(chunk))
+
+
+def _keep_prefix(part: Path, chunks: list[bytes], meta: dict[str, Any], limit: int) -> None:
+    """(worker thread) The start of a small body whose connection broke, kept for resume."""
+    prefix = b"".join(chunks)[:limit]
+    if not prefix:
+        return
+    writer = _open_writer(part, 0, meta)
+    try:
+        writer.write(prefix)
+    finally:
+        writer.close()
+
+
 def _limit_name(fetcher: Fetcher, limit: int) -> str:
     if limit >= fetcher.config.max_file_size_bytes:
         return "upstream.max_file_size_bytes"
@@ -408,6 +534,18 @@ def _open_writer(part: Path, offset: int, meta: dict[str, Any]) -> HashingWriter
     except OSError as exc:
         raise LocalStoreError(f"{part}: cannot write: {exc.strerror}") from exc
     return writer
+
+
+def _write_whole(part: Path, body: bytes) -> Digests:
+    """(worker thread) A small body received whole: written and hashed in one call."""
+    discard_partial(part)  # a partial left by an earlier run, with its resume metadata
+    writer = HashingWriter(part)
+    try:
+        writer.write(body)
+        return writer.finish()
+    except BaseException:
+        writer.close()
+        raise
 
 
 def _downloaded(part: Path, digests: Digests, resumed_from_bytes: int) -> Downloaded:

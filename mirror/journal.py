@@ -1,5 +1,8 @@
 """The staging journal's file format: one JSON object a line, ``{"path", "record"}``, appended
-durably as files are staged and verified, so an interrupted run's work is reused by the next.
+as files are staged and verified, so an interrupted run's work is reused by the next. Neither
+the journal nor the staged files are fsynced: a crash may lose or cut them, and the next run
+re-hashes every staged file before it trusts a line (the tree layer flushes before it renames
+anything into the tree).
 
 The journal is untrusted input: a line cut off by a crash, bytes that are not UTF-8, a record
 of the wrong shape are skipped (that file is then fetched again), never fatal. A record only
@@ -45,7 +48,7 @@ def read_journal(path: Path) -> dict[str, FileRecord]:
 
 
 def append_journal(path: Path, records: Mapping[str, FileRecord]) -> None:
-    """Append ``records`` and fsync (called once the files themselves are fsynced)."""
+    """Append ``records`` (not fsynced: see the module's docstring)."""
     lines = "".join(
         json.dumps({"path": p, "record": r.to_json()}) + "\n" for p, r in records.items()
     )
@@ -60,7 +63,5 @@ def append_journal(path: Path, records: Mapping[str, FileRecord]) -> None:
                 if handle.read(1) != b"\n":
                     lines = "\n" + lines
             handle.write(lines.encode())
-            handle.flush()
-            os.fsync(handle.fileno())
     except OSError as exc:
         raise LocalStoreError(f"{path}: cannot write: {exc.strerror}") from exc

@@ -215,6 +215,7 @@ class ReleasePipeline:
                 sha512=planned.sha512,
                 on_bytes=self.progress.file_bytes(name),
                 max_bytes=release.size_cap(planned),
+                expect_large=release.expects_large(planned),
             )
         except BaseException:
             await _abandon(lookup)
@@ -223,19 +224,14 @@ class ReleasePipeline:
         try:
             if lookup is not None:
                 companions[bundle_path] = await lookup
-            record = await self._in_thread(self._check, release, planned, digests, companions, part)
-            if planned.signed:
-                record = dataclasses.replace(
-                    record, bundle="assembled" if assembled else "upstream"
-                )
+            records = await self._in_thread(
+                self._check_and_stage, release, planned, digests, companions, part, assembled
+            )
         except IntegrityError:
             # Never usable. (A Rekor outage or an interruption keeps the verified download
             # for the next run.)
             await self._in_thread(discard_partial, part)
             raise
-        records = await self._in_thread(
-            self._stage, release.name, planned, part, record, companions
-        )
         if release.in_tree:
             await self._add_to_tree(release, records)
         return digests.size_bytes
@@ -258,6 +254,21 @@ class ReleasePipeline:
             companions[planned.relpath.child(".cert")],
         )
         return bundle.encode()
+
+    def _check_and_stage(
+        self,
+        release: ReleasePlan,
+        planned: PlannedFile,
+        digests: Digests,
+        companions: dict[RelPath, bytes],
+        part: Path,
+        assembled: bool,
+    ) -> dict[str, FileRecord]:
+        """(worker thread) ``_check``, then ``_stage``: one thread hop for both."""
+        record = self._check(release, planned, digests, companions, part)
+        if planned.signed:
+            record = dataclasses.replace(record, bundle="assembled" if assembled else "upstream")
+        return self._stage(release.name, planned, part, record, companions)
 
     def _check(
         self,

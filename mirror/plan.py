@@ -32,7 +32,7 @@ from mirror.errors import (
     MirrorError,
     ReleaseNotFoundError,
 )
-from mirror.fetch import Fetcher
+from mirror.fetch import WHOLE_BODY_MAX_BYTES, Fetcher
 from mirror.manifest import FileRecord, Manifest, companions, required_companions, sums_files
 from mirror.report import Failure
 from mirror.sbom import RELEASE_SBOM, SBOM_KINDS, SBOM_MAX_BYTES
@@ -120,6 +120,11 @@ class ReleasePlan:
         known = self.known_sizes.get(planned.relpath)
         return None if known is None else KNOWN_SIZE_FACTOR * known + KNOWN_SIZE_SLACK_BYTES
 
+    def expects_large(self, planned: PlannedFile) -> bool:
+        """Whether ``planned`` was a large body in an earlier release (so its download takes
+        a large slot before it asks: ``fetch.py``)."""
+        return self.known_sizes.get(planned.relpath, 0) > WHOLE_BODY_MAX_BYTES
+
     def keep_paths(self) -> list[str]:
         """Every path of the release this selection keeps (for prune)."""
         paths = [str(p) for p in sums_files()]
@@ -149,9 +154,11 @@ async def determine(
     store: Store,
     fetcher: Fetcher,
     in_thread: InThread,
+    on_new_release: Callable[[], object] = lambda: None,
 ) -> Offer:
     """Resolve markers and read every wanted release's SUMS; raise ``ConfigError`` (or the
-    signing policy's ``SignatureError``) before anything is written."""
+    signing policy's ``SignatureError``) before anything is written. ``on_new_release`` is
+    called before the SUMS of a release not yet in the tree are fetched."""
     markers: dict[str, str] = {}
     wanted: dict[str, Version] = {}
     failures: list[Failure] = []
@@ -175,7 +182,7 @@ async def determine(
     indexes = []
     for version in sorted(wanted.values()):
         try:
-            indexes.append(await _release_index(store, fetcher, version, in_thread))
+            indexes.append(await _release_index(store, fetcher, version, in_thread, on_new_release))
         except ReleaseNotFoundError:
             raise  # a version that does not exist is a selection error: stop the run
         except MirrorError as exc:
@@ -200,7 +207,11 @@ def _check_selection(selection: Selection, indexes: Sequence[ReleaseIndex]) -> N
 
 
 async def _release_index(
-    store: Store, fetcher: Fetcher, version: Version, in_thread: InThread
+    store: Store,
+    fetcher: Fetcher,
+    version: Version,
+    in_thread: InThread,
+    on_new_release: Callable[[], object],
 ) -> ReleaseIndex:
     name = version.text
     manifest = await in_thread(store.load_manifest, name)
@@ -213,6 +224,7 @@ async def _release_index(
                 await in_thread(path.read_bytes), f"release/{name}/{sums_name}"
             )
     else:
+        on_new_release()
         texts, fetched = await _fetch_sums(fetcher, name)
     sums256 = catalog.parse_sums(texts["SHA256SUMS"], "sha256", f"release/{name}/SHA256SUMS")
     sums512 = catalog.parse_sums(texts["SHA512SUMS"], "sha512", f"release/{name}/SHA512SUMS")

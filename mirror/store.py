@@ -7,7 +7,10 @@ of verified files; both hand them to ``Store.add_files`` (a release already in t
 Invariants kept here:
 
 - A file reaches a served path only by ``rename`` from ``<root>/.k8s-mirror/staging`` (same
-  filesystem), with the data fsynced before and the directory fsynced after.
+  filesystem), with its data fsynced before (``fsync_files``, all of a promotion's files at
+  once, in parallel) and the directory fsynced after. Staging itself fsyncs nothing: until a
+  staged file is renamed in, nothing trusts it without hashing it again (``plan.plan_release``
+  re-hashes what an earlier run staged).
 - A release new to the tree is assembled in ``staging/<version>`` and appears with one directory
   rename. Files added to a release already in the tree are renamed in one by one, sidecars and
   bundle before the primary file, so a client that sees a file also sees what verifies it.
@@ -15,7 +18,7 @@ Invariants kept here:
   describes become visible, so it is always a superset of what is verified in the tree; "already
   present" means "in the manifest and on disk with the recorded size".
 - Staged, verified files are journaled (``staging/<version>.journal``) so an interrupted run's
-  work is reused by the next one.
+  work is reused by the next one (once re-hashed).
 - Markers are plain files written by atomic rename.
 - Every directory written through is first proven a real directory inside the root, one
   component at a time (``ensure_dir``): a planted symlink never leads a write outside.
@@ -34,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.atomic import fsync_dir, write_atomic
+from mirror.atomic import fsync_dir, fsync_files, write_atomic
 from mirror.catalog import (
     MARKER_MAX_BYTES,
     RelPath,
@@ -230,7 +233,7 @@ class Store:
         }
 
     def journal(self, version: str, records: dict[str, FileRecord]) -> None:
-        """Append staged records durably (called once the files themselves are fsynced)."""
+        """Append staged records (a hint for the next run: see ``journal.py``)."""
         self.ensure_dir(self.staging)
         append_journal(self.journal_path(version), records)
 
@@ -247,17 +250,6 @@ class Store:
         self.ensure_dir(self.tmp)
         write_atomic(self.staged_path(version, relpath), data, tmp_dir=self.tmp)
 
-    def stage_download(self, version: str, relpath: RelPath, part: Path) -> None:
-        """Move a complete, verified partial download to its staged place."""
-        target = self.staged_path(version, relpath)
-        self.ensure_dir(target.parent)
-        try:
-            os.replace(part, target)
-            part.with_name(part.name + ".meta").unlink(missing_ok=True)
-            fsync_dir(target.parent)
-        except OSError as exc:
-            raise LocalStoreError(f"{target}: cannot stage: {exc.strerror}") from exc
-
     def stage_verified(
         self,
         version: str,
@@ -266,41 +258,34 @@ class Store:
         relpath: RelPath,
         part: Path,
     ) -> None:
-        """Stage one verified download with its companions and journal them: each file's data
-        fsynced before its rename, each directory once after all of them (per file, that is
-        one directory fsync instead of one per companion: most of the cost of small files).
+        """Stage one verified download with its companions and journal them. Nothing here is
+        fsynced (five fsyncs per signed file were most of the cost of small files): the tree
+        layer makes staged files durable before it renames them into the tree.
 
-        The journal is appended before the download's rename: a crash before that rename
+        The journal is appended before the download's rename: a run killed before that rename
         leaves a whole partial file, which the next run finishes from disk (416 on resume)
         instead of fetching again. A journal entry whose file did not survive is ignored by
         ``load_journal``, which checks every staged file's size.
         """
-        renamed: list[tuple[Path, Path]] = []
-        try:
-            self.tmp.mkdir(parents=True, exist_ok=True)
-            for name, data in companions.items():
-                target = self.staged_path(version, name)
-                tmp = self.tmp / f".tmp-{os.getpid()}-{time.monotonic_ns()}-{target.name}"
-                renamed.append((tmp, target))
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            for tmp, target in renamed:
+        # Written in place, not through a temporary file and a rename: a companion cut off by
+        # a crash is caught like any staged file (no journal line, or a re-hash that fails),
+        # and renames across directories serialise on one lock per filesystem. O_NOFOLLOW: a
+        # symlink planted at a staged name is refused, never written through.
+        for name, data in companions.items():
+            target = self.staged_path(version, name)
+            try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, target)
-        except OSError as exc:
-            for tmp, _ in renamed:
-                tmp.unlink(missing_ok=True)
-            raise LocalStoreError(f"{exc.filename}: cannot stage: {exc.strerror}") from exc
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                with open(os.open(target, flags, 0o644), "wb") as handle:
+                    handle.write(data)
+            except OSError as exc:
+                raise LocalStoreError(f"{target}: cannot stage: {exc.strerror}") from exc
         self.journal(version, records)
         target = self.staged_path(version, relpath)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(part, target)
             part.with_name(part.name + ".meta").unlink(missing_ok=True)
-            for directory in {t.parent for _, t in renamed} | {target.parent}:
-                fsync_dir(directory)
         except OSError as exc:
             raise LocalStoreError(f"{target}: cannot stage: {exc.strerror}") from exc
 
@@ -309,9 +294,9 @@ class Store:
     ) -> Manifest:
         """Add verified files waiting in ``staged_dir`` to a release already in the tree.
 
-        The manifest grows first (it is always a superset of what is visible), then the files
-        are renamed in, companions before the primaries they vouch for. Returns the new
-        manifest.
+        Each staged file is fsynced first (staging does not), then the manifest grows (it is
+        always a superset of what is visible), then the files are renamed in, companions
+        before the primaries they vouch for. Returns the new manifest.
         """
         touched: set[Path] = set()
         ordered = promotion_order(records)
@@ -320,6 +305,7 @@ class Store:
         for relpath in ordered:
             self.ensure_dir(self.tree_path(manifest.version, relpath).parent)
             self.ensure_dir((staged_dir / relpath).parent)
+        fsync_files([staged_dir / relpath for relpath in ordered])
         grown = manifest.merged(records)
         self.save_manifest(grown)
         for relpath in ordered:
@@ -335,21 +321,27 @@ class Store:
 
     def promote_release(self, manifest: Manifest, staged_dir: Path) -> None:
         """Make a fully staged release visible with one directory rename, its manifest
-        first (its files were fsynced when staged; its directories are fsynced here)."""
+        first: the manifest written, every staged file and directory fsynced (staging fsyncs
+        nothing itself), then the rename."""
         version = manifest.version
         source = self.ensure_dir(staged_dir)
         self.ensure_dir(self.root / RELEASE_DIR_NAME)
         target = self.release_dir(version)
         if os.path.lexists(target):
             raise LocalStoreError(f"{target}: already exists; refusing to replace a release")
-        for dirpath, dirnames, _ in os.walk(source):
+        files: list[Path] = []
+        directories: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(source):
             for name in dirnames:
                 if os.path.islink(os.path.join(dirpath, name)):
                     raise _symlink_error(Path(dirpath, name))
+            directories.append(Path(dirpath))
+            files += [Path(dirpath, name) for name in filenames]
         self.save_manifest(manifest)
+        fsync_files(files)
         try:
-            for dirpath, _, _ in os.walk(source, topdown=False):
-                fsync_dir(Path(dirpath))
+            for directory in reversed(directories):
+                fsync_dir(directory)
             os.rename(source, target)
             fsync_dir(target.parent)
         except OSError as exc:

@@ -76,12 +76,16 @@ class SyncRun:
         self.report = RunReport(command=command, dry_run=dry_run)
         self.selection = Selection(config.select.platforms, config.select.components)
         self.executor = ThreadPoolExecutor(
-            max_workers=max(2, config.upstream.concurrency), thread_name_prefix="k8s-mirror"
+            # Hashing large bodies, writing small ones, checking and staging: one per large
+            # download and a few more (the small jobs hold the GIL: more threads would not help).
+            max_workers=config.upstream.large_downloads + 2,
+            thread_name_prefix="k8s-mirror",
         )
         self.bundles: BundleChecker | None = None
         self.rekor: RekorChecker | None = None
         self.rekor_fetcher: Fetcher | None = None
         self.plan: Plan | None = None
+        self._preloading = False
         self.binding = BindingPolicy(config.verify.release_binding, config.verify.unbound_allowed)
 
     # -- entry point -------------------------------------------------------------------------
@@ -101,6 +105,7 @@ class SyncRun:
                         store=self.store,
                         fetcher=fetcher,
                         in_thread=self._in_thread,
+                        on_new_release=self._preload_verification,
                     )
                     if self.dry_run:
                         await self._dry_run(fetcher, offer)
@@ -119,6 +124,13 @@ class SyncRun:
         finally:
             self.executor.shutdown(wait=False, cancel_futures=True)
         return self.report
+
+    def _preload_verification(self) -> None:
+        """A release new to the tree will be verified: load sigstore in a worker thread now,
+        while its SUMS download (once per run)."""
+        if not (self._preloading or self.dry_run):
+            self._preloading = True
+            self.executor.submit(verify.preload)
 
     async def _recorded(self, phases: Coroutine[Any, Any, None]) -> None:
         """Run the locked phases; whatever happens, write the report before the lock goes."""

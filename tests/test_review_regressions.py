@@ -19,7 +19,10 @@ KUBECTL = "release/v1.34.2/bin/linux/amd64/kubectl"
 
 async def test_rekor_outage_keeps_verified_downloads_for_the_next_run(env: Env) -> None:
     rekor = env.rekor_url
-    # Per-file behaviour: with release binding, nothing but the SBOM would be fetched (below).
+    # A body over fetch.WHOLE_BODY_MAX_BYTES streams to disk with resume metadata (upstream
+    # republished kubectl at 2 MiB, re-signed). Per-file behaviour: with release binding,
+    # nothing but the SBOM would be fetched (below).
+    env.tree.replace_file(KUBECTL, bytes(range(256)) * (8 << 10), resign=True)
     env.write_config(
         verify={"rekor_url": "http://127.0.0.1:9", "release_binding": "off"},
         upstream={"retries": 0},
@@ -35,6 +38,28 @@ async def test_rekor_outage_keeps_verified_downloads_for_the_next_run(env: Env) 
     # The whole partial is finished from disk: the server only answered 416, sent no body.
     (request,) = env.dl.requests(KUBECTL)
     assert request.status == 416
+    assert (env.root / KUBECTL).read_bytes() == env.tree.files[KUBECTL]
+
+
+async def test_a_small_download_kept_by_a_rekor_outage_is_simply_fetched_again(
+    env: Env,
+) -> None:
+    """A body of at most fetch.WHOLE_BODY_MAX_BYTES is received whole and written without
+    resume metadata: the next run asks for all of it again (one small request) and verifies
+    it like any other."""
+    rekor = env.rekor_url
+    env.write_config(
+        verify={"rekor_url": "http://127.0.0.1:9", "release_binding": "off"},
+        upstream={"retries": 0},
+    )
+    first = await env.sync()
+    assert first.exit_code == UpstreamError.exit_code
+    env.write_config(verify={"rekor_url": rekor})
+    env.dl.log.clear()
+    second = await env.sync()
+    assert second.exit_code == 0, second.failures
+    (request,) = env.dl.requests(KUBECTL)
+    assert request.status == 200 and request.range is None
     assert (env.root / KUBECTL).read_bytes() == env.tree.files[KUBECTL]
 
 

@@ -171,3 +171,82 @@ def test_conclusion_follows_from_failure_kinds(
     if failures:
         assert conclusion.error is not None and "release/v1.34.2/f0: why" in conclusion.error
         assert incomplete_releases(failures) == {"v1.34.2"}
+
+
+def _record_durability(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Log, in order, every flush and every rename the tree layer makes."""
+    import mirror.store as store_module
+
+    events: list[tuple[str, str]] = []
+    real_fsync = store_module.fsync_files
+    real_rename, real_replace = os.rename, os.replace
+
+    def fsync(paths: list[Path]) -> None:
+        events.extend(("fsync", str(path)) for path in paths)
+        real_fsync(paths)
+
+    def rename(src: str | Path, dst: str | Path) -> None:
+        events.append(("rename", str(dst)))
+        real_rename(src, dst)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        events.append(("rename", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store_module, "fsync_files", fsync)
+    monkeypatch.setattr(store_module.os, "rename", rename)
+    monkeypatch.setattr(store_module.os, "replace", replace)
+    return events
+
+
+def test_a_new_release_is_flushed_to_disk_before_its_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staging fsyncs nothing: every staged file must be fsynced before the directory rename
+    that makes the release visible."""
+    store = Store(tmp_path / "tree")
+    store.prepare()
+    records = _staged(store, "v1.34.2", {"SHA256SUMS": b"sums", KUBECTL: b"kubectl"})
+    events = _record_durability(monkeypatch)
+    store.promote_release(Manifest("v1.34.2", records), store.staged_release_dir("v1.34.2"))
+    visible = events.index(("rename", str(store.release_dir("v1.34.2"))))
+    staged = store.staged_release_dir("v1.34.2")
+    fsynced = {path for kind, path in events[:visible] if kind == "fsync"}
+    assert fsynced == {str(staged / "SHA256SUMS"), str(staged / KUBECTL)}
+
+
+def test_files_added_to_a_release_are_each_fsynced_before_any_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "tree")
+    store.prepare()
+    records = _staged(store, "v1.34.2", {"SHA256SUMS": b"sums"})
+    store.promote_release(Manifest("v1.34.2", records), store.staged_release_dir("v1.34.2"))
+    arm = "bin/linux/arm64/kubectl"
+    more = _staged(store, "v1.34.2", {arm: b"arm", arm + ".sha256": b"d"})
+    events = _record_durability(monkeypatch)
+    store.add_files(store.load_manifest("v1.34.2"), more, store.staged_release_dir("v1.34.2"))
+    staged = store.staged_release_dir("v1.34.2")
+    first_into_tree = min(
+        i
+        for i, (kind, path) in enumerate(events)
+        if kind == "rename" and path.startswith(str(store.release_dir("v1.34.2")))
+    )
+    fsynced = {path for kind, path in events[:first_into_tree] if kind == "fsync"}
+    assert fsynced == {str(staged / arm), str(staged / (arm + ".sha256"))}
+
+
+def test_staging_a_companion_refuses_a_planted_symlink(tmp_path: Path) -> None:
+    store = Store(tmp_path / "tree")
+    store.prepare()
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"untouched")
+    sig = store.staged_path("v1.34.2", RelPath(KUBECTL + ".sig"))
+    sig.parent.mkdir(parents=True)
+    os.symlink(outside, sig)
+    part = store.partial_path("v1.34.2", KUBECTL)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"kubectl")
+    with pytest.raises(LocalStoreError, match="cannot stage"):
+        store.stage_verified("v1.34.2", {RelPath(KUBECTL + ".sig"): b"sig"}, {}, KUBECTL, part)
+    assert outside.read_bytes() == b"untouched"
