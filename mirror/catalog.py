@@ -23,6 +23,14 @@ MARKER_MAX_BYTES = 64
 """A marker holds a bare version string; anything longer is not one."""
 SIDECAR_MAX_BYTES = 256
 """A digest sidecar holds bare hex; anything longer is not one."""
+SIG_MAX_BYTES = 1024
+"""A ``.sig``: a base64 ECDSA signature is under 100 bytes."""
+CERT_MAX_BYTES = 16 * 1024
+"""A ``.cert``: a base64 PEM Fulcio certificate is 1-3 KiB."""
+BUNDLE_MAX_BYTES = 256 * 1024
+"""A published ``<file>.sigstore.json``: real bundles are 4-12 KiB; this leaves room for many
+timestamps and long proofs and refuses anything bigger before it is parsed. (Here, not in
+``verify``: fetching companions must not import cryptography and sigstore.)"""
 KNOWN_OSES = ("linux", "darwin", "windows")
 
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -18,12 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from mirror import catalog
-from mirror.catalog import PlannedFile, RelPath
+from mirror.catalog import (
+    BUNDLE_MAX_BYTES,
+    CERT_MAX_BYTES,
+    SIG_MAX_BYTES,
+    PlannedFile,
+    RelPath,
+)
 from mirror.errors import DigestMismatchError, HTTPStatusError, SignatureError
 from mirror.fetch import Fetcher
 from mirror.layout import BUNDLE_SUFFIX
 from mirror.manifest import Manifest
-from mirror.verify import BUNDLE_MAX_BYTES, CERT_MAX_BYTES, SIG_MAX_BYTES
 
 _LIMITS = {".sig": SIG_MAX_BYTES, ".cert": CERT_MAX_BYTES, BUNDLE_SUFFIX: BUNDLE_MAX_BYTES}
 

@@ -334,11 +334,11 @@ def _known_sizes(store: Store, version: str) -> dict[str, int]:
     others = [v for v in store.versions_in_tree() if v != version and catalog.is_version(v)]
     for other in sorted(others, key=Version.parse)[-KNOWN_SIZE_RELEASES:]:
         try:
-            manifest = store.load_manifest(other)
+            recorded = store.recorded_sizes(other)
         except MirrorError:
             continue
-        for rel, record in manifest.files.items():
-            sizes[rel] = max(sizes.get(rel, 0), record.size)
+        for rel, size in recorded.items():
+            sizes[rel] = max(sizes.get(rel, 0), size)
     return sizes
 
 

@@ -81,6 +81,7 @@ class Store:
         self.manifests = self.state / "manifests"
         self.reports = self.state / "reports"
         self.tmp = self.state / "tmp"
+        self._sizes: dict[str, tuple[tuple[int, int, int], Mapping[str, int]]] = {}
 
     # -- setup and lock ----------------------------------------------------------------------
 
@@ -199,6 +200,25 @@ class Store:
         except OSError as exc:
             raise LocalStoreError(f"{path}: {exc.strerror}") from exc
         return Manifest.from_json(text, str(path))
+
+    def recorded_sizes(self, version: str) -> Mapping[str, int]:
+        """Each path's size as ``version``'s manifest records it, parsed once per state of the
+        manifest file (every release's plan asks for the sizes of its newest neighbours: a
+        no-change run of ten releases read forty manifests for it)."""
+        path = self.manifest_path(version)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise LocalStoreError(f"{path}: {exc.strerror}") from exc
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._sizes.get(version)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        sizes = {rel: record.size for rel, record in self.load_manifest(version).files.items()}
+        self._sizes[version] = (key, sizes)
+        return sizes
 
     def save_manifest(self, manifest: Manifest) -> None:
         manifest.updated_at = time.time()

@@ -271,7 +271,9 @@ class Upstream:
             # Upstream's requests in flight, and as many again for Rekor's (its own bound).
             limit=self.config.concurrency * 2,
             ttl_dns_cache=300,
-            ssl=tls_context(ca_file),
+            # Without a ca_file, aiohttp's own default context (built at its import) is the
+            # same as tls_context(None), which would cost another 90 ms to build.
+            ssl=True if ca_file is None else tls_context(ca_file),
         )
         self._session = aiohttp.ClientSession(
             timeout=timeout,

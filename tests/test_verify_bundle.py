@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from mirror.catalog import BUNDLE_MAX_BYTES
 from mirror.config import IdentityConfig
 from mirror.errors import SignatureError
 from mirror.verify import (
-    BUNDLE_MAX_BYTES,
     BundleChecker,
     assemble_bundle,
     load_trust_root,

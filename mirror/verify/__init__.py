@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mirror.verify.bundle import BundleChecker, Verified
-    from mirror.verify.detached import BUNDLE_MAX_BYTES, CERT_MAX_BYTES, SIG_MAX_BYTES
     from mirror.verify.policy import AcceptedIdentities, IdentityPolicy
     from mirror.verify.rekor import (
         RekorChecker,
@@ -34,11 +33,8 @@ if TYPE_CHECKING:
     from mirror.verify.trust import TrustRoot, is_embedded_production_root, load_trust_root
 
 _HOME = {
-    "BUNDLE_MAX_BYTES": "detached",
     "BundleChecker": "bundle",
     "Verified": "bundle",
-    "CERT_MAX_BYTES": "detached",
-    "SIG_MAX_BYTES": "detached",
     "AcceptedIdentities": "policy",
     "IdentityPolicy": "policy",
     "RekorChecker": "rekor",
@@ -51,9 +47,6 @@ _HOME = {
 }
 
 __all__ = [
-    "BUNDLE_MAX_BYTES",
-    "CERT_MAX_BYTES",
-    "SIG_MAX_BYTES",
     "AcceptedIdentities",
     "BundleChecker",
     "IdentityPolicy",

@@ -28,10 +28,11 @@ from sigstore.models import Bundle
 from sigstore.verify import Verifier
 from sigstore_models.common.v1 import HashAlgorithm
 
+from mirror.catalog import BUNDLE_MAX_BYTES
 from mirror.config import IdentityConfig
 from mirror.errors import ConfigError, SignatureError
 from mirror.verify import compat
-from mirror.verify.detached import BUNDLE_MAX_BYTES, decode_certificate, decode_signature
+from mirror.verify.detached import decode_certificate, decode_signature
 from mirror.verify.policy import AcceptedIdentities
 from mirror.verify.trust import TrustRoot
 

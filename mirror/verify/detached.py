@@ -13,14 +13,6 @@ from cryptography import x509
 
 from mirror.errors import SignatureError
 
-SIG_MAX_BYTES = 1024
-CERT_MAX_BYTES = 16 * 1024
-#: A published ``<file>.sigstore.json``, the other form a signature comes in beside a file
-#: (defined here, not in ``bundle``, so fetching needs no sigstore import): real bundles are
-#: 4-12 KiB; this leaves room for many timestamps and long proofs and refuses anything bigger
-#: before it is parsed.
-BUNDLE_MAX_BYTES = 256 * 1024
-
 
 def decode_signature(name: str, sig_text: bytes) -> tuple[str, bytes]:
     """(the base64 text as published, the DER signature) of ``<name>.sig``."""
