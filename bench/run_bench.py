@@ -280,6 +280,7 @@ def ensure_tools() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global K8S_MIRROR
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny data, one round: a smoke run")
     parser.add_argument("--rounds", type=int, default=None, help="default 3 (1 with --quick)")
@@ -293,7 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         "--work", type=Path, default=None, help="work dir (default: a new temp dir)"
     )
     parser.add_argument("--cases", default="big,small,nochange,latency")
+    parser.add_argument(
+        "--k8s-mirror",
+        default=K8S_MIRROR,
+        help="the k8s-mirror command to measure (default: the one beside this Python); for an "
+        "A/B run of two versions on the same machine",
+    )
     args = parser.parse_args(argv)
+    K8S_MIRROR = args.k8s_mirror
     rounds = args.rounds or (1 if args.quick else 3)
     big_mib = args.big_mib or (1 if args.quick else 32)
     wanted = args.cases.split(",")
