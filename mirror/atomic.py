@@ -42,15 +42,15 @@ def _fsync_named(path: Path) -> None:
 
 def fsync_file(path: Path) -> None:
     """Flush one file written earlier (by a thread or a run that did not fsync it)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_opened(path, os.O_RDONLY | os.O_NOFOLLOW)
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync_opened(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync_opened(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:

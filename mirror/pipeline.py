@@ -264,22 +264,8 @@ class ReleasePipeline:
         part: Path,
         assembled: bool,
     ) -> dict[str, FileRecord]:
-        """(worker thread) ``_check``, then ``_stage``: one thread hop for both."""
-        record = self._check(release, planned, digests, companions, part)
-        if planned.signed:
-            record = dataclasses.replace(record, bundle="assembled" if assembled else "upstream")
-        return self._stage(release.name, planned, part, record, companions)
-
-    def _check(
-        self,
-        release: ReleasePlan,
-        planned: PlannedFile,
-        digests: Digests,
-        companions: dict[RelPath, bytes],
-        part: Path,
-    ) -> FileRecord:
-        """(worker thread) The rules ``verify`` and ``import`` apply, on what was fetched
-        (the bundle verified here, once); returns what the manifest records."""
+        """(worker thread, one hop for both) The rules ``verify`` and ``import`` apply, on what
+        was fetched (the bundle verified here, once), then ``_stage``."""
         binder = Binder(self.binding, release.evidence, lambda rel: lambda: image_repo_tags(part))
         record, warnings = accept_fetched(
             planned,
@@ -291,7 +277,9 @@ class ReleasePipeline:
         )
         for warning in warnings:
             log.warning("%s", warning)
-        return record
+        if planned.signed:
+            record = dataclasses.replace(record, bundle="assembled" if assembled else "upstream")
+        return self._stage(release.name, planned, part, record, companions)
 
     def _stage(
         self,
