@@ -6,7 +6,8 @@ per file, so the event loop keeps receiving the next chunk while the previous on
 and written (hashlib releases the GIL on large buffers, which puts the second core to work).
 A body that announces at most ``WHOLE_BODY_MAX_BYTES`` (sidecar-sized files, most of a
 release by count) is received whole and written and hashed in one worker call, with no resume
-metadata: for such a file the hops between threads, not the bytes, were the cost.
+metadata (unless its connection breaks: then what arrived is kept for resume, as for a large
+body): for such a file the hops between threads, not the bytes, were the cost.
 
 Retry policy: connection errors, timeouts, truncated bodies and 408/429/5xx are retried with
 capped exponential backoff and full jitter, honouring ``Retry-After``; other 4xx are final. A

@@ -5,6 +5,7 @@ HTTPS dl.k8s.io and Rekor, and failures that name host and cause."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import ipaddress
 import json
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mirror.errors import UpstreamError
 from mirror.upstream import connect_cause
 from tests.conftest import Env
 from tests.fakes.dlserver import FakeDl
@@ -95,6 +97,8 @@ class ConnectProxy:
     tunnels: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     server: asyncio.Server | None = None
+    credentials: str | None = None
+    """``user:password`` the proxy demands (407 without them), or None."""
 
     @property
     def url(self) -> str:
@@ -104,10 +108,18 @@ class ConnectProxy:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = (await reader.readline()).decode()
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                pass
+            headers = {}
+            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
             method, target, _ = request.split(" ", 2)
             host, _, port = target.rpartition(":")
+            wanted = "Basic " + base64.b64encode((self.credentials or "").encode()).decode()
+            if self.credentials and headers.get("proxy-authorization") != wanted:
+                self.refused.append(target)
+                writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n")
+                writer.write(b'Proxy-Authenticate: Basic realm="test"\r\nContent-Length: 0\r\n\r\n')
+                return
             if method != "CONNECT" or host != "127.0.0.1":
                 self.refused.append(target)
                 writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
@@ -216,6 +228,65 @@ async def test_upstream_proxy_key_carries_every_request(
     result = await env.cli("sync", "--config", str(env.config_path), env=NO_PROXY_ENV)
     assert result.exit_code == 0, result.stderr
     assert set(proxy.tunnels) == https.hostports()
+
+
+async def test_proxy_credentials_in_the_config_url_are_sent(
+    env: Env, https: Https, proxy: ConnectProxy
+) -> None:
+    proxy.credentials = "mirror@corp:p4ss"
+    with_credentials = proxy.url.replace("http://", "http://mirror%40corp:p4ss@")
+    env.write_config(
+        upstream={"url": https.dl_url, "ca_file": str(https.ca_file), "proxy": with_credentials},
+        verify={"rekor_url": https.rekor_url},
+    )
+    result = await env.cli("sync", "--config", str(env.config_path), env=NO_PROXY_ENV)
+    assert result.exit_code == 0, result.stderr
+    assert proxy.refused == []
+    assert set(proxy.tunnels) == https.hostports()
+
+
+async def test_netrc_credentials_for_the_proxy_host_are_sent(
+    env: Env, https: Https, proxy: ConnectProxy
+) -> None:
+    """HTTPS_PROXY without credentials: ``~/.netrc``'s entry for the proxy's host is used, as
+    curl and aiohttp's own ``trust_env`` do."""
+    proxy.credentials = "mirror:p4ss"
+    netrc = env.tmp / "netrc"
+    netrc.write_text("machine 127.0.0.1 login mirror password p4ss\n")
+    netrc.chmod(0o600)
+    env.write_config(
+        upstream={"url": https.dl_url, "ca_file": str(https.ca_file)},
+        verify={"rekor_url": https.rekor_url},
+    )
+    result = await env.cli(
+        "sync",
+        "--config",
+        str(env.config_path),
+        env={**NO_PROXY_ENV, "HTTPS_PROXY": proxy.url, "NETRC": str(netrc)},
+    )
+    assert result.exit_code == 0, result.stderr
+    assert proxy.refused == []
+    assert set(proxy.tunnels) == https.hostports()
+
+
+async def test_a_proxy_refusing_our_credentials_fails_with_its_answer(
+    env: Env, https: Https, proxy: ConnectProxy
+) -> None:
+    proxy.credentials = "mirror:right"
+    env.write_config(
+        upstream={
+            "url": https.dl_url,
+            "ca_file": str(https.ca_file),
+            "proxy": proxy.url.replace("http://", "http://mirror:wrong@"),
+            "retries": 0,
+        },
+        verify={"rekor_url": https.rekor_url},
+    )
+    result = await env.cli("sync", "--config", str(env.config_path), env=NO_PROXY_ENV)
+    assert result.exit_code == UpstreamError.exit_code, result.stderr
+    assert "407" in result.stderr and "Traceback" not in result.stderr
+    assert proxy.tunnels == [] and proxy.refused
+    assert not (env.root / "release/v1.34.2").exists()
 
 
 async def test_untrusted_certificate_fails_at_once_with_a_ca_file_hint(
