@@ -279,7 +279,7 @@ class Upstream:
             timeout=timeout,
             connector=connector,
             # HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and ~/.netrc) apply as for curl, decided
-            # per host by Routes and passed with each request (see request_options).
+            # once per host by Routes and passed with each request.
             trust_env=False,
             # identity: we never decompress (below), so never invite a compressed answer.
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
