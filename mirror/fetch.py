@@ -30,10 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,10 +45,17 @@ from mirror.errors import (
     DigestMismatchError,
     HTTPStatusError,
     IntegrityError,
-    LocalStoreError,
     TransientError,
 )
-from mirror.statefile import StateFormatError, read_json_file
+from mirror.partial import (
+    discard_partial,
+    keep_prefix,
+    open_writer,
+    parse_content_range,
+    resume_offset,
+    unsatisfied_length,
+    write_whole,
+)
 from mirror.upstream import Upstream, raise_for_status, salvage_buffered, sleep_s
 
 CHUNK_BYTES = 1 << 20
@@ -58,8 +63,6 @@ SMALL_BODY_MAX_BYTES = 4 << 20
 """Markers, SUMS files, sidecars, certificates, Rekor answers: never legitimately this big."""
 WHOLE_BODY_MAX_BYTES = 1 << 20
 """A download announcing at most this much is received whole, then written in one go."""
-
-_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int], None]
@@ -102,21 +105,6 @@ class _LargeBody(Exception):
     """An answer turned out large while every large slot was taken: ask again holding one."""
 
 
-def _meta_path(part: Path) -> Path:
-    return part.with_name(part.name + ".meta")
-
-
-META_MAX_BYTES = 64 << 10
-
-
-def _read_meta(part: Path) -> dict[str, Any] | None:
-    try:
-        meta = read_json_file(_meta_path(part), max_bytes=META_MAX_BYTES, max_depth=2)
-    except (OSError, StateFormatError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
 class RateGuard:
     """Cuts a body that trickles: a read timeout only catches silence, and a server sending a
     byte a second would hold a run for days. Over each window of ``window_s`` the body must
@@ -138,31 +126,6 @@ class RateGuard:
         rate = self.window_bytes / elapsed_s
         self.window_start_s, self.window_bytes = now_s, 0
         return rate if rate < self.min_bytes_per_s else None
-
-
-def discard_partial(part: Path) -> None:
-    """Forget a partial download and its resume metadata."""
-    for path in (part, _meta_path(part)):
-        path.unlink(missing_ok=True)
-
-
-def _resume_offset(part: Path, url: str) -> tuple[int, str | None]:
-    """Bytes already on disk for ``url`` and the validator to send in If-Range."""
-    meta = _read_meta(part)
-    try:
-        size = part.stat().st_size
-    except FileNotFoundError:
-        return 0, None
-    validator = None
-    if meta:
-        etag = meta.get("etag")
-        # If-Range needs a strong validator: a weak ETag would never match, so use the date.
-        strong = isinstance(etag, str) and not etag.startswith("W/")
-        validator = etag if strong else meta.get("last_modified")
-    if not meta or meta.get("url") != url or not isinstance(validator, str) or size == 0:
-        discard_partial(part)
-        return 0, None
-    return size, validator
 
 
 class Fetcher:
@@ -323,14 +286,14 @@ class Fetcher:
         self, url: str, part: Path, on_bytes: ProgressFn | None, limit: int, large_held: bool
     ) -> Downloaded:
         loop = asyncio.get_running_loop()
-        offset, validator = await loop.run_in_executor(self.executor, _resume_offset, part, url)
+        offset, validator = await loop.run_in_executor(self.executor, resume_offset, part, url)
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
             headers["If-Range"] = validator or ""
         async with self.upstream.stream(url, headers) as response:
             if offset and response.status == 416:
-                if _unsatisfied_length(response.headers.get("Content-Range")) == offset:
+                if unsatisfied_length(response.headers.get("Content-Range")) == offset:
                     # The partial is already whole (a run was killed after the last byte):
                     # hash what is on disk; the digest check decides whether it is usable.
                     writer = await loop.run_in_executor(self.executor, HashingWriter, part, offset)
@@ -340,7 +303,7 @@ class Fetcher:
                 raise TransientError(f"{url}: server refused to resume at byte {offset}")
             raise_for_status(url, response)
             if response.status == 206:
-                start, total = _parse_content_range(response.headers.get("Content-Range"))
+                start, total = parse_content_range(response.headers.get("Content-Range"))
                 if start != offset:
                     await loop.run_in_executor(self.executor, discard_partial, part)
                     raise TransientError(
@@ -376,11 +339,11 @@ class Fetcher:
                     # partial with its resume metadata, like a streamed body.
                     chunks.append(salvage_buffered(response.content))
                     await asyncio.shield(
-                        loop.run_in_executor(self.executor, _keep_prefix, part, chunks, meta, limit)
+                        loop.run_in_executor(self.executor, keep_prefix, part, chunks, meta, limit)
                     )
                     raise
                 body = b"".join(chunks)
-                digests = await loop.run_in_executor(self.executor, _write_whole, part, body)
+                digests = await loop.run_in_executor(self.executor, write_whole, part, body)
                 if digests.size_bytes != total:
                     raise TransientError(f"{url}: got {digests.size_bytes} of {total} bytes")
                 return _downloaded(part, digests, 0)
@@ -402,7 +365,7 @@ class Fetcher:
     ) -> Downloaded:
         """A large body (or one of unknown size), into ``part`` from ``offset``."""
         loop = asyncio.get_running_loop()
-        writer = await loop.run_in_executor(self.executor, _open_writer, part, offset, meta)
+        writer = await loop.run_in_executor(self.executor, open_writer, part, offset, meta)
         try:
             await self._pump(url, response, writer, on_bytes, limit)
             # A big file is flushed now, in its worker, while other downloads go on: left to
@@ -510,43 +473,10 @@ async def _receive_whole(
             on_bytes(len(chunk))
 
 
-def _keep_prefix(part: Path, chunks: list[bytes], meta: dict[str, Any], limit: int) -> None:
-    """(worker thread) The start of a small body whose connection broke, kept for resume."""
-    prefix = b"".join(chunks)[:limit]
-    if not prefix:
-        return
-    writer = _open_writer(part, 0, meta)
-    try:
-        writer.write(prefix)
-    finally:
-        writer.close()
-
-
 def _limit_name(fetcher: Fetcher, limit: int) -> str:
     if limit >= fetcher.config.max_file_size_bytes:
         return "upstream.max_file_size_bytes"
     return f"{limit} bytes, the most a file of its kind and size can be"
-
-
-def _open_writer(part: Path, offset: int, meta: dict[str, Any]) -> HashingWriter:
-    try:
-        writer = HashingWriter(part, offset)
-        _meta_path(part).write_text(json.dumps(meta))
-    except OSError as exc:
-        raise LocalStoreError(f"{part}: cannot write: {exc.strerror}") from exc
-    return writer
-
-
-def _write_whole(part: Path, body: bytes) -> Digests:
-    """(worker thread) A small body received whole: written and hashed in one call."""
-    discard_partial(part)  # a partial left by an earlier run, with its resume metadata
-    writer = HashingWriter(part)
-    try:
-        writer.write(body)
-        return writer.finish()
-    except BaseException:
-        writer.close()
-        raise
 
 
 def _downloaded(part: Path, digests: Digests, resumed_from_bytes: int) -> Downloaded:
@@ -554,17 +484,3 @@ def _downloaded(part: Path, digests: Digests, resumed_from_bytes: int) -> Downlo
     return Downloaded(
         part, digests.size_bytes, digests.sha256, digests.sha512, resumed_from_bytes, 1
     )
-
-
-def _unsatisfied_length(value: str | None) -> int | None:
-    """The complete length from a 416's ``Content-Range: bytes */<length>``."""
-    match = re.match(r"^bytes \*/(\d+)$", value or "")
-    return int(match[1]) if match else None
-
-
-def _parse_content_range(value: str | None) -> tuple[int, int]:
-    match = _CONTENT_RANGE_RE.match(value or "")
-    if match is None:
-        raise TransientError(f"206 answer with malformed Content-Range {value!r}")
-    total = -1 if match[3] == "*" else int(match[3])
-    return int(match[1]), total

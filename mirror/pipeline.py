@@ -33,9 +33,10 @@ from mirror.errors import (
     MirrorError,
     UpstreamError,
 )
-from mirror.fetch import Fetcher, discard_partial
+from mirror.fetch import Fetcher
 from mirror.layout import BUNDLE_SUFFIX
 from mirror.manifest import FileRecord, Manifest, required_companions
+from mirror.partial import discard_partial
 from mirror.plan import (
     ReleasePlan,
     staged_records,

@@ -193,7 +193,7 @@ class Routes:
     def __init__(self, configured: str | None) -> None:
         self._configured = configured
         self._netrc = _load_netrc()
-        self._from_env = {
+        self._env_proxies = {
             scheme: url
             for scheme, url in urllib.request.getproxies().items()
             if scheme in ("http", "https")
@@ -211,7 +211,7 @@ class Routes:
     def _decide(self, scheme: str, host: str) -> Route:
         entry = self._credentials(host)
         authorization = None if entry is None else _basic(*entry)
-        proxy = self._configured or self._from_env.get(scheme)
+        proxy = self._configured or self._env_proxies.get(scheme)
         if proxy is None or (host and urllib.request.proxy_bypass(host)):
             return Route(authorization=authorization)
         parts = urlsplit(proxy)

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from mirror.errors import TransientError
-from mirror.fetch import RetryPolicy, _parse_content_range
+from mirror.fetch import RetryPolicy
+from mirror.partial import parse_content_range
 from mirror.upstream import RETRY_AFTER_CAP_S, parse_retry_after
 
 
@@ -45,7 +46,7 @@ def test_retry_after_http_date_in_the_future() -> None:
 
 
 def test_content_range() -> None:
-    assert _parse_content_range("bytes 100-199/200") == (100, 200)
-    assert _parse_content_range("bytes 100-199/*") == (100, -1)
+    assert parse_content_range("bytes 100-199/200") == (100, 200)
+    assert parse_content_range("bytes 100-199/*") == (100, -1)
     with pytest.raises(TransientError):
-        _parse_content_range("bytes */200")
+        parse_content_range("bytes */200")
