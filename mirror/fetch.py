@@ -28,12 +28,13 @@ answer sits unread on a connection while others stream: a CDN would cut it).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,9 @@ class Fetcher:
         self.rng = rng or random.Random()
         self.retries_done = 0
 
+    async def _in_thread(self, func: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
+
     async def _backoff(self, attempt: int, exc: TransientError) -> None:
         if attempt > self.policy.retries:
             raise exc
@@ -246,7 +250,7 @@ class Fetcher:
                 except (HTTPStatusError, IntegrityError):
                     # Final answers (4xx, oversize) leave nothing behind; an interruption keeps
                     # the partial so that this or the next run resumes it.
-                    discard_partial(part)
+                    await self._in_thread(discard_partial, part)
                     raise
                 if result.sha256 == sha256 and result.sha512 == sha512:
                     return Downloaded(
@@ -257,7 +261,7 @@ class Fetcher:
                         result.resumed_from_bytes,
                         attempt + 1,
                     )
-                discard_partial(part)
+                await self._in_thread(discard_partial, part)
                 if restarted_after_mismatch:
                     which = "sha256" if result.sha256 != sha256 else "sha512"
                     raise DigestMismatchError(
@@ -331,7 +335,11 @@ class Fetcher:
             if whole:
                 chunks: list[bytes] = []
                 try:
-                    await _receive_whole(self, url, response, chunks, on_bytes, limit)
+                    async with contextlib.aclosing(
+                        self._chunks(url, response, 0, on_bytes, limit)
+                    ) as body_chunks:
+                        async for chunk in body_chunks:
+                            chunks.append(chunk)
                 except (TransientError, IntegrityError):
                     raise
                 except Exception:
@@ -397,36 +405,20 @@ class Fetcher:
         received = writer.size_bytes
         batch: list[bytes] = []
         batch_bytes = 0
-        guard = RateGuard(
-            self.config.min_rate_bytes_per_s, self.config.min_rate_window_s, time.monotonic()
-        )
         try:
-            while True:
-                chunk, end_of_http_chunk = await response.content.readchunk()
-                if not chunk and end_of_http_chunk:
-                    continue  # a chunked body's chunk boundary, not the end of the body
-                if chunk:
+            async with contextlib.aclosing(
+                self._chunks(url, response, received, on_bytes, limit)
+            ) as chunks:
+                async for chunk in chunks:
                     received += len(chunk)
-                    if received > limit:
-                        raise IntegrityError(f"{url}: body exceeds {_limit_name(self, limit)}")
-                    if (rate := guard.too_slow(len(chunk), time.monotonic())) is not None:
-                        raise TransientError(
-                            f"{url}: {rate:.0f} bytes/s, below upstream.min_rate_bytes_per_s"
-                        )
                     batch.append(chunk)
                     batch_bytes += len(chunk)
-                    if on_bytes is not None:
-                        on_bytes(len(chunk))
                     if batch_bytes < CHUNK_BYTES:
                         continue
-                if pending is not None:
-                    await pending
-                    pending = None
-                if batch:
+                    if pending is not None:
+                        await pending
                     pending = loop.run_in_executor(self.executor, writer.write_all, batch)
                     batch, batch_bytes = [], 0
-                if not chunk:
-                    break
         except TransientError:
             raise
         except Exception:
@@ -440,37 +432,40 @@ class Fetcher:
             if pending is not None:
                 await asyncio.shield(pending)
             if batch:
-                # What arrived before a failure is a valid prefix: keep it for resume.
+                # The end of the body, or what arrived before a failure (a valid prefix,
+                # kept for resume).
                 await asyncio.shield(loop.run_in_executor(self.executor, writer.write_all, batch))
 
-
-async def _receive_whole(
-    fetcher: Fetcher,
-    url: str,
-    response: Any,
-    chunks: list[bytes],
-    on_bytes: ProgressFn | None,
-    limit: int,
-) -> None:
-    """A small body into ``chunks``, under the same size and rate rules as a streamed one."""
-    received = 0
-    guard = RateGuard(
-        fetcher.config.min_rate_bytes_per_s, fetcher.config.min_rate_window_s, time.monotonic()
-    )
-    while True:
-        chunk, end_of_http_chunk = await response.content.readchunk()
-        if not chunk:
-            if end_of_http_chunk:
-                continue  # a chunked body's chunk boundary, not the end of the body
-            return
-        received += len(chunk)
-        if received > limit:
-            raise IntegrityError(f"{url}: body exceeds {_limit_name(fetcher, limit)}")
-        if (rate := guard.too_slow(len(chunk), time.monotonic())) is not None:
-            raise TransientError(f"{url}: {rate:.0f} bytes/s, below upstream.min_rate_bytes_per_s")
-        chunks.append(chunk)
-        if on_bytes is not None:
-            on_bytes(len(chunk))
+    async def _chunks(
+        self,
+        url: str,
+        response: Any,
+        received: int,
+        on_bytes: ProgressFn | None,
+        limit: int,
+    ) -> AsyncGenerator[builtins.bytes, None]:  # (``bytes`` here is Fetcher.bytes)
+        """The body's chunks as they arrive, under the size bound (counting the ``received``
+        bytes already on disk) and the rate guard; the same rules for a body streamed to disk
+        and one received whole."""
+        guard = RateGuard(
+            self.config.min_rate_bytes_per_s, self.config.min_rate_window_s, time.monotonic()
+        )
+        while True:
+            chunk, end_of_http_chunk = await response.content.readchunk()
+            if not chunk:
+                if end_of_http_chunk:
+                    continue  # a chunked body's chunk boundary, not the end of the body
+                return
+            received += len(chunk)
+            if received > limit:
+                raise IntegrityError(f"{url}: body exceeds {_limit_name(self, limit)}")
+            if (rate := guard.too_slow(len(chunk), time.monotonic())) is not None:
+                raise TransientError(
+                    f"{url}: {rate:.0f} bytes/s, below upstream.min_rate_bytes_per_s"
+                )
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+            yield chunk
 
 
 def _limit_name(fetcher: Fetcher, limit: int) -> str:

@@ -82,8 +82,11 @@ def open_writer(part: Path, offset: int, meta: dict[str, Any]) -> HashingWriter:
 
 def write_whole(part: Path, body: bytes) -> Digests:
     """(worker thread) A small body received whole: written and hashed in one call."""
-    discard_partial(part)  # a partial left by an earlier run, with its resume metadata
-    writer = HashingWriter(part)
+    try:
+        discard_partial(part)  # a partial left by an earlier run, with its resume metadata
+        writer = HashingWriter(part)
+    except OSError as exc:
+        raise LocalStoreError(f"{part}: cannot write: {exc.strerror}") from exc
     try:
         writer.write(body)
         return writer.finish()
